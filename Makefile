@@ -1,0 +1,30 @@
+# Build, test and CI entry points. "make test" is the one command to run the
+# whole suite; it needs Prosody (see "make prosody-install").
+
+GO ?= go
+GOFLAGS_TEST ?= -race -count=1 -timeout 30m
+
+# Debian's Prosody 0.12; apt-get needs root, so prefix sudo when not root.
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: all test vet prosody-install
+
+all: test
+
+## test: vet, then run every test (the integration tests start Prosody).
+test: vet
+	$(GO) test $(GOFLAGS_TEST) ./...
+
+## vet: go vet every package.
+vet:
+	$(GO) vet ./...
+
+## prosody-install: install Prosody from Debian's packages unless present.
+## Recommends (libevent, readline, unbound bindings) are not needed here.
+prosody-install:
+	@if command -v prosody >/dev/null 2>&1 || [ -x /usr/bin/prosody ]; then \
+		echo "prosody is already installed"; \
+	else \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prosody; \
+	fi

@@ -1,0 +1,221 @@
+package integration
+
+import (
+	"context"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"mellium.im/xmlstream"
+	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/stanza"
+
+	"github.com/xmpptrack/xmpptrack/integration/prosody"
+	"github.com/xmpptrack/xmpptrack/muc"
+	"github.com/xmpptrack/xmpptrack/stream"
+	"github.com/xmpptrack/xmpptrack/tracking"
+)
+
+func roomJID(t testing.TB, srv *prosody.Server, name string) jid.JID {
+	t.Helper()
+	j, err := jid.New(name, srv.MUCDomain(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+func join(t testing.TB, s *stream.Stream, room jid.JID, nick string, opts ...muc.Option) (*muc.Client, *muc.Room) {
+	t.Helper()
+	c := muc.NewClient(s, opts...)
+	t.Cleanup(c.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, err := c.Join(ctx, room, nick)
+	if err != nil {
+		t.Fatalf("%s joins %s: %v", nick, room, err)
+	}
+	return c, r
+}
+
+// groupchatLog records the groupchat bodies a stream receives from a room,
+// with who sent them.
+type groupchatLog struct {
+	mu     sync.Mutex
+	bodies map[string]int
+	order  []string
+	signal chan struct{}
+}
+
+func newGroupchatLog(s *stream.Stream, fromNick string) *groupchatLog {
+	l := &groupchatLog{bodies: make(map[string]int), signal: make(chan struct{}, 1)}
+	s.HandleElement(func(el *stream.Element) {
+		if el.Start.Name.Local != "message" || el.Attr("type") != "groupchat" {
+			return
+		}
+		from, err := jid.Parse(el.Attr("from"))
+		if err != nil || from.Resourcepart() != fromNick {
+			return
+		}
+		var msg struct {
+			Body string `xml:"body"`
+		}
+		if el.Decode(&msg) != nil || msg.Body == "" {
+			return
+		}
+		l.mu.Lock()
+		l.bodies[msg.Body]++
+		l.order = append(l.order, msg.Body)
+		l.mu.Unlock()
+		select {
+		case l.signal <- struct{}{}:
+		default:
+		}
+	})
+	return l
+}
+
+func (l *groupchatLog) waitFor(t testing.TB, n int, d time.Duration) {
+	t.Helper()
+	deadline := time.After(d)
+	for {
+		l.mu.Lock()
+		k := len(l.bodies)
+		l.mu.Unlock()
+		if k >= n {
+			return
+		}
+		select {
+		case <-l.signal:
+		case <-deadline:
+			t.Fatalf("saw %d of %d distinct messages", k, n)
+		}
+	}
+}
+
+// sendWindow sends n tracked messages with at most window awaiting their
+// outcome, and returns the trackers.
+func sendWindow(t testing.TB, ctx context.Context, r *muc.Room, n, window int, body string) []*tracking.MessageTracker {
+	t.Helper()
+	trs := make([]*tracking.MessageTracker, n)
+	sem := make(chan struct{}, window)
+	var wg sync.WaitGroup
+	for i := range n {
+		sem <- struct{}{}
+		tr, err := r.SendTrackedMessage(ctx, fmt.Sprintf(body, i))
+		if err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+		trs[i] = tr
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tr.Wait(ctx, tracking.DeliveredToRecipient)
+			<-sem
+		}()
+	}
+	wg.Wait()
+	return trs
+}
+
+func TestMUCReflections(t *testing.T) {
+	srv := prosody.StartTB(t, prosody.Options{Users: map[string]string{"alice": "a", "bob": "b"}})
+	room := roomJID(t, srv, "reflect")
+	alice := dialStream(t, srv, "alice", nil)
+	bob := dialStream(t, srv, "bob", nil)
+	_, ra := join(t, alice, room, "alice")
+	_, _ = join(t, bob, room, "bob")
+	seen := newGroupchatLog(bob, "alice")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const n = 1000
+	trs := sendWindow(t, ctx, ra, n, 50, "hello %d")
+	for i, tr := range trs {
+		if st := tr.State(); st != tracking.DeliveredToRecipient {
+			t.Fatalf("message %d: %v", i, st)
+		}
+		if resp := tr.Response(); resp == nil || resp.StanzaID == "" {
+			t.Fatalf("message %d: no stanza-id kept from the reflection: %+v", i, resp)
+		}
+	}
+	seen.waitFor(t, n, 20*time.Second)
+	seen.mu.Lock()
+	for body, k := range seen.bodies {
+		if k != 1 {
+			t.Errorf("bob saw %q %d times", body, k)
+		}
+	}
+	seen.mu.Unlock()
+	// Every tracker acked eventually; the room forgot them all.
+	if o, i := ra.Pending(); o != 0 || i != 0 {
+		t.Fatalf("room still holds %d/%d pending entries", o, i)
+	}
+}
+
+func TestMUCErrors(t *testing.T) {
+	srv := prosody.StartTB(t, prosody.Options{
+		Users:                map[string]string{"alice": "a", "bob": "b"},
+		RestrictRoomCreation: true,
+		// bob, an admin, may create rooms; alice may not.
+		ExtraGlobal: `admins = { "bob@localhost" }`,
+	})
+	alice := dialStream(t, srv, "alice", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	t.Run("room that does not exist", func(t *testing.T) {
+		c := muc.NewClient(alice)
+		defer c.Close()
+		_, err := c.Join(ctx, roomJID(t, srv, "nosuchroom"), "alice")
+		var je *muc.JoinError
+		if !errors.As(err, &je) {
+			t.Fatalf("join: %v", err)
+		}
+		t.Logf("join refused: %v", err)
+	})
+
+	t.Run("not an occupant", func(t *testing.T) {
+		// alice joins, then leaves behind the muc client's back: the client
+		// still believes it is in the room, the room does not. Prosody
+		// answers the message with not-acceptable.
+		room := roomJID(t, srv, "open")
+		admin := dialStream(t, srv, "bob", nil)
+		join(t, admin, room, "bob")
+		_, r := join(t, alice, room, "alice")
+		leave := stanza.Presence{To: mustJID(t, r.OccupantJID()), Type: stanza.UnavailablePresence}.Wrap(nil)
+		tok, err := alice.Send(ctx, leave)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok.Wait(ctx)
+		tr, err := r.SendTrackedMessage(ctx, "anyone?")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st, _ := tr.Wait(ctx, tracking.DeliveredToRecipient); st != tracking.Error {
+			t.Fatalf("state %v, want ERROR", st)
+		}
+		if tr.Err() == nil || tr.Err().Condition != stanza.NotAcceptable {
+			t.Fatalf("error %+v, want not-acceptable", tr.Err())
+		}
+		if o, i := r.Pending(); o != 0 || i != 0 {
+			t.Fatalf("room still holds %d/%d pending entries", o, i)
+		}
+	})
+}
+
+func mustJID(t testing.TB, s string) jid.JID {
+	t.Helper()
+	j, err := jid.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+var _ = xmlstream.Token
+var _ = xml.Name{}

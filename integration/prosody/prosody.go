@@ -1,0 +1,515 @@
+// Package prosody runs a real Prosody 0.12 XMPP server as a child process, for
+// integration tests, the demo and benchmarks.
+//
+// Each Server lives in its own temporary directory: configuration, data,
+// log, PID file, admin socket and a TLS certificate authority made at
+// start-up all stay there, and Stop removes it. The server listens for
+// clients on a free port of 127.0.0.1 only, serves the host "localhost" and,
+// unless disabled, a Multi-User Chat service on "conference.localhost". It has
+// stream management (XEP-0198) and no rate limits. Clients reach it with
+// STARTTLS, verified against the generated CA (see Server.TLSConfig), and
+// SCRAM authentication.
+//
+// Nothing here needs a container or a service manager: only the prosody
+// executable, found in PATH or in /usr/bin (Debian's "prosody" package).
+package prosody // import "github.com/xmpptrack/xmpptrack/integration/prosody"
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"mellium.im/xmpp/jid"
+)
+
+// ErrNotInstalled is returned (wrapped) by Start when the prosody executable
+// cannot be found.
+var ErrNotInstalled = errors.New("prosody is not installed")
+
+// errPortInUse means that Prosody could not bind its client port.
+var errPortInUse = errors.New("client port in use")
+
+// StartTimeout bounds the start-up of a server when the caller's context
+// sets no deadline, and always for StartTB.
+const StartTimeout = 30 * time.Second
+
+const (
+	// startAttempts is how many ports Start tries before it gives up.
+	startAttempts = 5
+	// stopGrace is how long Stop waits after SIGTERM before it sends SIGKILL.
+	stopGrace = 5 * time.Second
+	// pollInterval is how often start-up checks whether Prosody is ready.
+	pollInterval = 10 * time.Millisecond
+)
+
+// Options configures a Server. The zero value is a usable server without
+// users.
+type Options struct {
+	// Users maps localparts to passwords; the accounts exist when Start
+	// returns.
+	Users map[string]string
+
+	// HibernationTime is smacks_hibernation_time: how long the server keeps a
+	// broken stream management session for resumption. It is rounded up to
+	// whole seconds; zero means DefaultHibernationTime.
+	HibernationTime time.Duration
+
+	// RestrictRoomCreation sets restrict_room_creation on the MUC service, so
+	// that ordinary users cannot create rooms.
+	RestrictRoomCreation bool
+
+	// NoMUC leaves out the Multi-User Chat service.
+	NoMUC bool
+
+	// Offline loads mod_offline, which stores messages for users who are not
+	// online. Without it (Prosody would load it by default) a chat or normal
+	// message to a bare JID with no available resource (one that has sent
+	// presence) is bounced with a service-unavailable error.
+	Offline bool
+
+	// ExtraGlobal holds Lua configuration lines appended to the global
+	// section, after the generated settings (so they may override them).
+	ExtraGlobal string
+
+	// LogLevel is the lowest level written to the log: "debug", "info",
+	// "warn" or "error". Empty means "info".
+	LogLevel string
+
+	// Binary is the prosody executable to run. Empty means "prosody" looked up
+	// in PATH, then /usr/bin/prosody.
+	Binary string
+}
+
+// Server is a running Prosody. Its methods are safe for concurrent use.
+type Server struct {
+	bin    string
+	opts   Options
+	layout layout
+	ca     *x509.Certificate
+
+	mu      sync.Mutex
+	users   map[string]string // normalized localpart -> password
+	proc    *process          // nil while stopped
+	stopped bool
+}
+
+// process is one run of the prosody executable.
+type process struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed once the process has exited
+	err  error         // the result of Wait, set before done is closed
+}
+
+// LookPath returns the path of the prosody executable that Start would run
+// for binary (Options.Binary), or an error wrapping ErrNotInstalled.
+func LookPath(binary string) (string, error) {
+	if binary != "" {
+		p, err := exec.LookPath(binary)
+		if err != nil {
+			return "", fmt.Errorf("%w: %w", ErrNotInstalled, err)
+		}
+		return p, nil
+	}
+	if p, err := exec.LookPath("prosody"); err == nil {
+		return p, nil
+	}
+	p, err := exec.LookPath("/usr/bin/prosody")
+	if err != nil {
+		return "", fmt.Errorf("%w (not in PATH or /usr/bin)", ErrNotInstalled)
+	}
+	return p, nil
+}
+
+// Start creates the server's directory, configuration, certificates and
+// accounts, starts Prosody and waits until it accepts clients.
+// ctx bounds the start-up only (StartTimeout if it has no deadline); the
+// server runs until Stop.
+// If the prosody executable cannot be found, the error wraps ErrNotInstalled.
+func Start(ctx context.Context, opts Options) (*Server, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, StartTimeout)
+		defer cancel()
+	}
+	bin, err := LookPath(opts.Binary)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := opts.logLevel(); err != nil {
+		return nil, err
+	}
+	users, err := normalizeUsers(opts.Users)
+	if err != nil {
+		return nil, err
+	}
+
+	dir, err := os.MkdirTemp("", "xmpptrack-prosody-")
+	if err != nil {
+		return nil, fmt.Errorf("prosody: creating directory: %w", err)
+	}
+	s := &Server{
+		bin:    bin,
+		opts:   opts,
+		layout: layout{dir: dir},
+		users:  users,
+	}
+	s.opts.Users = nil
+	fail := func(err error) (*Server, error) {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+
+	for _, d := range []string{dataDir, certDir} {
+		if err := os.Mkdir(s.layout.path(d), 0o750); err != nil {
+			return fail(fmt.Errorf("prosody: creating directory: %w", err))
+		}
+	}
+	if s.ca, err = writeCertificates(s.layout); err != nil {
+		return fail(err)
+	}
+	if err := writeAccounts(ctx, s.layout.path(dataDir), users); err != nil {
+		return fail(err)
+	}
+
+	for attempt := 1; ; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			return fail(err)
+		}
+		s.layout.port = port
+		if err := os.WriteFile(s.layout.path(configFile), []byte(opts.config(s.layout)), 0o640); err != nil {
+			return fail(fmt.Errorf("prosody: writing configuration: %w", err))
+		}
+		p, err := s.launch(ctx)
+		if err == nil {
+			s.proc = p
+			return s, nil
+		}
+		if !errors.Is(err, errPortInUse) || attempt == startAttempts {
+			return fail(err)
+		}
+	}
+}
+
+// freePort returns a TCP port of 127.0.0.1 that was free a moment ago.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("prosody: finding a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// launch starts the prosody executable with the current configuration and
+// waits until it accepts clients. On failure the process is gone.
+func (s *Server) launch(ctx context.Context) (*process, error) {
+	logPath := s.layout.path(logFile)
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("prosody: opening log: %w", err)
+	}
+	defer logf.Close() // the child has its own copy
+	logStart, err := logf.Seek(0, io.SeekEnd)
+	if err != nil {
+		return nil, fmt.Errorf("prosody: opening log: %w", err)
+	}
+
+	cmd := exec.Command(s.bin, "--config", s.layout.path(configFile), "-F")
+	cmd.Dir = s.layout.dir
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	cmd.SysProcAttr = sysProcAttr()
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("prosody: starting %s: %w", s.bin, err)
+	}
+	p := &process{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+
+	if err := s.waitReady(ctx, p, logPath, logStart); err != nil {
+		p.stop()
+		if errors.Is(err, errPortInUse) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w\nprosody log:\n%s", err, s.LogTail(30))
+	}
+	return p, nil
+}
+
+// waitReady polls until Prosody serves clients on its port: it has logged
+// that the c2s service is active on that port (when the log level shows it)
+// and answers a client stream with STARTTLS among its features.
+func (s *Server) waitReady(ctx context.Context, p *process, logPath string, logStart int64) error {
+	level, _ := s.opts.logLevel()
+	wantLine := level == "debug" || level == "info"
+	activated := []byte(activatedLine(s.layout.port))
+	addr := s.Addr()
+	t := time.NewTicker(pollInterval)
+	defer t.Stop()
+	notYet := errors.New("c2s service not activated yet")
+	last := notYet
+	for {
+		select {
+		case <-p.done:
+			return fmt.Errorf("prosody: exited during start-up: %v", p.err)
+		case <-ctx.Done():
+			return fmt.Errorf("prosody: waiting for start-up: %w (last check: %v)", ctx.Err(), last)
+		case <-t.C:
+		}
+
+		log, err := readFrom(logPath, logStart)
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(log, []byte(portInUse)) {
+			return fmt.Errorf("prosody: port %d: %w", s.layout.port, errPortInUse)
+		}
+		if wantLine && !bytes.Contains(log, activated) {
+			last = notYet
+			continue
+		}
+		if last = probe(ctx, addr); last == nil {
+			return nil
+		}
+	}
+}
+
+// probe opens a client stream to the server's domain on addr and reports
+// whether the server answers with stream features that offer STARTTLS: then
+// the host is up, with its certificate.
+func probe(ctx context.Context, addr string) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	_, err = fmt.Fprintf(c, "<?xml version='1.0'?><stream:stream to=%q version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>", domain)
+	if err != nil {
+		return err
+	}
+	var got []byte
+	buf := make([]byte, 4096)
+	for !bytes.Contains(got, []byte("</stream:features>")) {
+		n, err := c.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			return fmt.Errorf("prosody: probing %s: %w (read %q)", addr, err, got)
+		}
+	}
+	if !bytes.Contains(got, []byte("<starttls")) {
+		return fmt.Errorf("prosody: probing %s: no STARTTLS in %q", addr, got)
+	}
+	fmt.Fprint(c, "</stream:stream>")
+	return nil
+}
+
+// readFrom returns the contents of the file at path from offset on.
+func readFrom(path string, offset int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("prosody: reading log: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		return nil, fmt.Errorf("prosody: reading log: %w", err)
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("prosody: reading log: %w", err)
+	}
+	return b, nil
+}
+
+// stop ends the process: SIGTERM, then SIGKILL if it is still running after
+// stopGrace. It returns once the process has exited.
+func (p *process) stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return
+	case <-time.After(stopGrace):
+	}
+	p.cmd.Process.Kill()
+	<-p.done
+}
+
+// Addr returns the address clients connect to, "127.0.0.1:PORT".
+func (s *Server) Addr() string {
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.layout.port))
+}
+
+// Domain returns the server's XMPP domain, "localhost".
+func (s *Server) Domain() string { return domain }
+
+// MUCDomain returns the domain of the Multi-User Chat service,
+// "conference.localhost", or "" when Options.NoMUC is set.
+func (s *Server) MUCDomain() string {
+	if s.opts.NoMUC {
+		return ""
+	}
+	return mucDomain
+}
+
+// JID returns the bare JID localpart@localhost.
+// It panics if localpart is not a valid localpart.
+func (s *Server) JID(localpart string) jid.JID {
+	j, err := jid.New(localpart, domain, "")
+	if err != nil {
+		panic(fmt.Sprintf("prosody: invalid localpart %q: %v", localpart, err))
+	}
+	return j
+}
+
+// Password returns the password of user localpart, or "" if there is no such
+// user.
+func (s *Server) Password(localpart string) string {
+	n, err := normalizeLocal(localpart)
+	if err != nil {
+		return ""
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.users[n]
+}
+
+// AddUsers creates accounts (localpart -> password), replacing the password of
+// any that exist. They can log in as soon as it returns, without a restart.
+func (s *Server) AddUsers(ctx context.Context, users map[string]string) error {
+	n, err := normalizeUsers(users)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return errors.New("prosody: server stopped")
+	}
+	if err := writeAccounts(ctx, s.layout.path(dataDir), n); err != nil {
+		return err
+	}
+	for k, v := range n {
+		s.users[k] = v
+	}
+	return nil
+}
+
+// TLSConfig returns a new TLS configuration for clients that trusts only the
+// server's generated CA and expects the name "localhost".
+func (s *Server) TLSConfig() *tls.Config {
+	pool := x509.NewCertPool()
+	pool.AddCert(s.ca)
+	return &tls.Config{
+		RootCAs:    pool,
+		ServerName: domain,
+		MinVersion: tls.VersionTLS12,
+	}
+}
+
+// CAFile returns the path of the generated CA certificate (PEM).
+func (s *Server) CAFile() string { return s.layout.path(caCertFile) }
+
+// ConfigPath returns the path of the generated Prosody configuration, for
+// example for "prosodyctl --config PATH shell".
+func (s *Server) ConfigPath() string { return s.layout.path(configFile) }
+
+// LogPath returns the path of the server's log, which also receives the
+// process's standard output and error.
+func (s *Server) LogPath() string { return s.layout.path(logFile) }
+
+// LogTail returns the last n lines of the log, or a note saying why it cannot
+// be read.
+func (s *Server) LogTail(n int) string {
+	const maxRead = 256 << 10 // enough for any sensible n
+	if n <= 0 {
+		return ""
+	}
+	fi, err := os.Stat(s.LogPath())
+	if err != nil {
+		return fmt.Sprintf("(no log: %v)", err)
+	}
+	b, err := readFrom(s.LogPath(), max(fi.Size()-maxRead, 0))
+	if err != nil {
+		return fmt.Sprintf("(no log: %v)", err)
+	}
+	b = bytes.TrimRight(b, "\n")
+	for i := len(b) - 1; i >= 0; i-- {
+		if b[i] == '\n' {
+			n--
+			if n == 0 {
+				return string(b[i+1:])
+			}
+		}
+	}
+	return string(b)
+}
+
+// Restart stops the Prosody process and starts it again with the same
+// configuration, data and port. Every session is lost: a client cannot resume
+// a stream of the previous run. ctx bounds the start-up as for Start.
+func (s *Server) Restart(ctx context.Context) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, StartTimeout)
+		defer cancel()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return errors.New("prosody: server stopped")
+	}
+	if s.proc != nil {
+		s.proc.stop()
+		s.proc = nil
+	}
+	p, err := s.launch(ctx)
+	if err != nil {
+		return fmt.Errorf("prosody: restarting: %w", err)
+	}
+	s.proc = p
+	return nil
+}
+
+// Stop stops Prosody (SIGTERM, then SIGKILL after a few seconds), waits for
+// it to exit and removes the server's directory. It may be called more than
+// once; later calls do nothing.
+func (s *Server) Stop() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return nil
+	}
+	s.stopped = true
+	if s.proc != nil {
+		s.proc.stop()
+		s.proc = nil
+	}
+	if err := os.RemoveAll(s.layout.dir); err != nil {
+		return fmt.Errorf("prosody: removing %s: %w", s.layout.dir, err)
+	}
+	return nil
+}

@@ -1,0 +1,10 @@
+//go:build !linux
+
+package prosody
+
+import "syscall"
+
+// sysProcAttr returns nil: only Linux can tie the child's life to ours.
+func sysProcAttr() *syscall.SysProcAttr {
+	return nil
+}

@@ -1,0 +1,103 @@
+// Package muc sends messages to XEP-0045 multi-user chat rooms and tracks
+// each one until the room reflects it.
+//
+// A Client is attached to a stream.Stream. Client.Join enters a room;
+// Room.SendTrackedMessage sends a groupchat message and returns a
+// tracking.MessageTracker that moves to
+//
+//   - DELIVERED_TO_SERVER when the server acknowledges the stanza
+//     (XEP-0198), unless it is already further;
+//   - DELIVERED_TO_RECIPIENT when the room reflects that very message back
+//     from our own occupant JID: XEP-0045 requires a room to send every
+//     occupant's message back to its sender, so the reflection proves that
+//     the room accepted and distributed it;
+//   - ERROR when the room answers with an error (for example not-acceptable
+//     when we are no longer an occupant, or forbidden without voice);
+//   - TIMED_OUT when neither happens in time, CLOSED when the room is left
+//     or the client closed, ABORTED when the stanza never left.
+//
+// # Matching
+//
+// Every message carries a random id and a XEP-0359 <origin-id/> known before
+// it is sent. A reflection must be of type groupchat and come from exactly
+// our occupant JID; it is matched by its origin-id or, when the room dropped
+// that, by its id: one map lookup each, never a scan. Another occupant who
+// sends a message with our id and origin-id does not move our tracker,
+// because the room relays it from that occupant's JID. An error must come
+// from the room's bare JID or our occupant JID and carry our id. Once a
+// tracker is DELIVERED_TO_RECIPIENT or final, the room forgets it.
+//
+// # Connection loss
+//
+// When the stream resumes its session (XEP-0198), nothing changes: the room
+// still has us and the stream writes again what the server had not
+// acknowledged. When the stream has to start a new session, the server has
+// taken us out of every room: the Client joins them again by itself and
+// reports EventRejoined (or EventRejoinFailed). Messages that were in flight
+// end CLOSED unless their reflection already arrived; messages the stream
+// writes before the rejoin is complete may be refused by the room (ERROR,
+// not-acceptable), which is the truth.
+//
+// # Concurrency
+//
+// Client and Room are safe for concurrent use. Stanzas are matched on the
+// stream's reader goroutine; tracker observers run there too, so they must
+// not block.
+package muc
+
+import (
+	"errors"
+
+	"mellium.im/xmpp/stanza"
+)
+
+// Namespaces of XEP-0045.
+const (
+	NS     = "http://jabber.org/protocol/muc"
+	NSUser = "http://jabber.org/protocol/muc#user"
+)
+
+// Join errors: a failed Join returns a *JoinError, which errors.Is matches
+// against these (and against any mellium stanza.Error condition).
+var (
+	// ErrNickConflict: the nick is taken by another occupant.
+	ErrNickConflict = stanza.Error{Condition: stanza.Conflict}
+	// ErrRegistrationRequired: the room is members-only and we are not a
+	// member.
+	ErrRegistrationRequired = stanza.Error{Condition: stanza.RegistrationRequired}
+	// ErrRoomNotFound: the room does not exist (and we may not create it).
+	ErrRoomNotFound = stanza.Error{Condition: stanza.ItemNotFound}
+	// ErrNotAllowed: room creation is restricted.
+	ErrNotAllowed = stanza.Error{Condition: stanza.NotAllowed}
+	// ErrNotAuthorized: a password is required or wrong.
+	ErrNotAuthorized = stanza.Error{Condition: stanza.NotAuthorized}
+	// ErrForbidden: we are banned from the room.
+	ErrForbidden = stanza.Error{Condition: stanza.Forbidden}
+)
+
+// ErrLeft is the error of operations on a room that was left or whose client
+// was closed.
+var ErrLeft = errors.New("muc: not in the room")
+
+// JoinError is the room's refusal of a join.
+type JoinError struct {
+	Room string
+	// Err is the error the room answered with.
+	Err *stanza.Error
+}
+
+// Error implements error.
+func (e *JoinError) Error() string {
+	s := "muc: join " + e.Room + ": " + string(e.Err.Condition)
+	for _, t := range e.Err.Text {
+		if t != "" {
+			s += " (" + t + ")"
+			break
+		}
+	}
+	return s
+}
+
+// Unwrap returns the stanza error, so that errors.Is matches it against a
+// condition such as ErrNickConflict.
+func (e *JoinError) Unwrap() error { return *e.Err }

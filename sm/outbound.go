@@ -1,0 +1,136 @@
+package sm
+
+import (
+	"errors"
+	"fmt"
+)
+
+// ErrHandledCountTooHigh is returned when the server acknowledges more
+// stanzas than were sent.
+var ErrHandledCountTooHigh = errors.New("sm: server acknowledged more stanzas than were sent")
+
+// Outbound counts the stanzas sent on a stream management session and keeps
+// those the server has not acknowledged yet, oldest first. T is whatever the
+// stream needs to send a stanza again and to report its fate (for example the
+// serialised bytes and a token).
+//
+// The zero value is an empty session. Outbound is not safe for concurrent use;
+// the stream guards it with its own lock.
+type Outbound[T any] struct {
+	sent  uint32 // stanzas sent, mod 2^32
+	acked uint32 // the h of the latest acknowledgement, mod 2^32
+	q     ring[T]
+}
+
+// Sent records that item has been written as the next stanza of the stream.
+func (o *Outbound[T]) Sent(item T) {
+	o.sent++
+	o.q.push(item)
+}
+
+// Ack applies an acknowledgement that the server has handled h stanzas in
+// all, calling f for each newly acknowledged item in the order they were sent.
+// It returns how many were acknowledged.
+//
+// An h at or behind the latest acknowledgement (in the serial number order of
+// the 32-bit counter) acknowledges nothing and is not an error. An h ahead of
+// the number of stanzas sent returns an error wrapping ErrHandledCountTooHigh
+// and changes nothing. The cost is O(1) per acknowledged item.
+func (o *Outbound[T]) Ack(h uint32, f func(T)) (int, error) {
+	n := h - o.acked // mod 2^32
+	if n == 0 || int32(n) < 0 {
+		return 0, nil
+	}
+	if n > uint32(o.q.len()) {
+		return 0, fmt.Errorf("%w: h=%d, sent=%d", ErrHandledCountTooHigh, h, o.sent)
+	}
+	for i := uint32(0); i < n; i++ {
+		item := o.q.pop()
+		if f != nil {
+			f(item)
+		}
+	}
+	o.acked = h
+	return int(n), nil
+}
+
+// SentCount returns the number of stanzas sent, mod 2^32: the h the server
+// should report once it has handled everything.
+func (o *Outbound[T]) SentCount() uint32 { return o.sent }
+
+// AckedCount returns the h of the latest acknowledgement.
+func (o *Outbound[T]) AckedCount() uint32 { return o.acked }
+
+// Len returns the number of stanzas sent and not yet acknowledged.
+func (o *Outbound[T]) Len() int { return o.q.len() }
+
+// Unacked calls f for each unacknowledged item, oldest first. The stream
+// uses it to write them again after a resumption.
+func (o *Outbound[T]) Unacked(f func(T)) {
+	o.q.each(f)
+}
+
+// Reset ends the session: counters go back to zero and the unacknowledged
+// items are handed to f, oldest first, and forgotten.
+func (o *Outbound[T]) Reset(f func(T)) {
+	for o.q.len() > 0 {
+		item := o.q.pop()
+		if f != nil {
+			f(item)
+		}
+	}
+	o.q = ring[T]{}
+	o.sent, o.acked = 0, 0
+}
+
+// SetCounts starts the counters at the given values. It exists for tests of
+// the 32-bit wrap; a stream starts at zero.
+func (o *Outbound[T]) SetCounts(sent uint32) {
+	o.sent, o.acked = sent, sent-uint32(o.q.len())
+}
+
+// ring is a FIFO queue in a growable circular buffer: push and pop are O(1)
+// amortised and popped slots are cleared so the items can be collected.
+type ring[T any] struct {
+	buf  []T
+	head int
+	n    int
+}
+
+func (r *ring[T]) len() int { return r.n }
+
+func (r *ring[T]) push(v T) {
+	if r.n == len(r.buf) {
+		size := 2 * len(r.buf)
+		if size == 0 {
+			size = 16
+		}
+		buf := make([]T, size)
+		k := copy(buf, r.buf[r.head:])
+		copy(buf[k:], r.buf[:r.head])
+		r.buf, r.head = buf, 0
+	}
+	r.buf[(r.head+r.n)%len(r.buf)] = v
+	r.n++
+}
+
+func (r *ring[T]) pop() T {
+	var zero T
+	v := r.buf[r.head]
+	r.buf[r.head] = zero
+	r.head = (r.head + 1) % len(r.buf)
+	r.n--
+	if r.n == 0 {
+		r.head = 0
+		if len(r.buf) > 1024 {
+			r.buf = nil // give back a queue that once was large
+		}
+	}
+	return v
+}
+
+func (r *ring[T]) each(f func(T)) {
+	for i := 0; i < r.n; i++ {
+		f(r.buf[(r.head+i)%len(r.buf)])
+	}
+}

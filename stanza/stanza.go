@@ -1,0 +1,144 @@
+// Package stanza holds the small wire helpers that the stream, MUC and
+// one-to-one layers share: stanza ids, XEP-0359 origin-id and stanza-id, XML
+// escaping for stanzas built by hand, and reading the ids and error of a
+// received stanza.
+//
+// It builds on mellium.im/xmpp/stanza (whose types it uses for errors and
+// stanza headers) and does not replace it: use mellium's package for
+// everything else.
+package stanza
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/xml"
+	"io"
+
+	mstanza "mellium.im/xmpp/stanza"
+)
+
+// NSSID is the namespace of XEP-0359 unique and stable stanza ids.
+const NSSID = "urn:xmpp:sid:0"
+
+// NewID returns a random identifier for a stanza or an origin-id: 16 random
+// bytes, base64url without padding (22 characters), safe in any attribute.
+func NewID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// AppendEscaped appends s to b escaped for use in XML character data or in an
+// attribute value quoted with either quote character.
+func AppendEscaped(b []byte, s string) []byte {
+	last := 0
+	for i := 0; i < len(s); i++ {
+		var esc string
+		switch s[i] {
+		case '&':
+			esc = "&amp;"
+		case '<':
+			esc = "&lt;"
+		case '>':
+			esc = "&gt;"
+		case '\'':
+			esc = "&apos;"
+		case '"':
+			esc = "&quot;"
+		case '\r':
+			esc = "&#xD;"
+		default:
+			continue
+		}
+		b = append(b, s[last:i]...)
+		b = append(b, esc...)
+		last = i + 1
+	}
+	return append(b, s[last:]...)
+}
+
+// IDs are the identifiers a received stanza carries.
+type IDs struct {
+	// ID is the stanza's id attribute.
+	ID string
+	// OriginID is the XEP-0359 <origin-id/> the sender chose.
+	OriginID string
+	// StanzaID and StanzaIDBy are the first XEP-0359 <stanza-id/> and the
+	// JID that assigned it (a room or a server archive).
+	StanzaID, StanzaIDBy string
+}
+
+// ReadIDs collects the ids of a stanza from its start element and the
+// tokens of its content (as read after the start element). It looks only at
+// direct children.
+func ReadIDs(start xml.StartElement, inner []xml.Token) IDs {
+	ids := IDs{ID: Attr(start, "id")}
+	depth := 0
+	for _, tok := range inner {
+		switch t := tok.(type) {
+		case xml.StartElement:
+			if depth == 0 && t.Name.Space == NSSID {
+				switch t.Name.Local {
+				case "origin-id":
+					if ids.OriginID == "" {
+						ids.OriginID = Attr(t, "id")
+					}
+				case "stanza-id":
+					if ids.StanzaID == "" {
+						ids.StanzaID, ids.StanzaIDBy = Attr(t, "id"), Attr(t, "by")
+					}
+				}
+			}
+			depth++
+		case xml.EndElement:
+			depth--
+		}
+	}
+	return ids
+}
+
+// Attr returns the value of the unqualified attribute local of start, or "".
+func Attr(start xml.StartElement, local string) string {
+	for _, a := range start.Attr {
+		if a.Name.Local == local && a.Name.Space == "" {
+			return a.Value
+		}
+	}
+	return ""
+}
+
+// Error finds the <error/> child of an error stanza, given the tokens of its
+// content, and parses it with mellium. It reports false when there is none.
+func Error(inner []xml.Token) (*mstanza.Error, bool) {
+	depth := 0
+	for i, tok := range inner {
+		switch t := tok.(type) {
+		case xml.StartElement:
+			if depth == 0 && t.Name.Local == "error" {
+				var e mstanza.Error
+				// The decoder must read the start element itself: mellium's
+				// UnmarshalXML relies on the decoder's own element stack.
+				d := xml.NewTokenDecoder(&sliceReader{toks: inner[i:]})
+				if err := d.Decode(&e); err != nil {
+					return nil, false
+				}
+				return &e, true
+			}
+			depth++
+		case xml.EndElement:
+			depth--
+		}
+	}
+	return nil, false
+}
+
+type sliceReader struct{ toks []xml.Token }
+
+func (r *sliceReader) Token() (xml.Token, error) {
+	if len(r.toks) == 0 {
+		return nil, io.EOF
+	}
+	t := r.toks[0]
+	r.toks = r.toks[1:]
+	return t, nil
+}

@@ -1,0 +1,239 @@
+package stream
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"time"
+
+	"mellium.im/sasl"
+	"mellium.im/xmpp/jid"
+)
+
+// Errors reported by a Stream. Token errors and Stream.Err wrap them, so they
+// can be tested with errors.Is.
+var (
+	// ErrClosed: the stream was closed by Close.
+	ErrClosed = errors.New("stream: closed")
+	// ErrQueueFull: Send in non-blocking mode found the queue full.
+	ErrQueueFull = errors.New("stream: send queue is full")
+	// ErrConnectionLost: the connection broke and the stanza could not be
+	// recovered by resumption.
+	ErrConnectionLost = errors.New("stream: connection lost")
+	// ErrResumeRefused: the server refused to resume the previous session.
+	ErrResumeRefused = errors.New("stream: resumption refused")
+	// ErrAckTimeout: an ack request went unanswered for Config.AckTimeout.
+	ErrAckTimeout = errors.New("stream: no answer to ack request")
+	// ErrProtocol: the server broke XEP-0198 (for example an h beyond what
+	// was sent); the stream is closed for good.
+	ErrProtocol = errors.New("stream: protocol violation by the server")
+	// ErrSerialize: the stanza given to Send could not be serialised.
+	ErrSerialize = errors.New("stream: cannot serialise stanza")
+)
+
+// Config says how a Stream connects and behaves. Only Dial (or Addr), JID and
+// Password are required; every other field has a default.
+type Config struct {
+	// JID is the account. Its resourcepart is a hint that the server may
+	// ignore.
+	JID jid.JID
+	// Password for SASL SCRAM.
+	Password string
+	// Addr is the server's host:port, used when Dial is nil.
+	Addr string
+	// Dial opens a new connection to the server. It is called for the first
+	// connection and for every reconnection. Nil dials Addr over TCP.
+	Dial func(ctx context.Context) (net.Conn, error)
+	// TLS configures STARTTLS. It is required unless AllowPlaintext is set;
+	// ServerName defaults to the JID's domain.
+	TLS *tls.Config
+	// AllowPlaintext lets the stream log in without TLS. Use it only on
+	// loopback (tests, fault-injection proxies).
+	AllowPlaintext bool
+	// Mechanisms are the SASL mechanisms to offer, best first. Default: the
+	// SCRAM family.
+	Mechanisms []sasl.Mechanism
+	// DisableSM turns stream management off even when the server offers it.
+	// Tokens then end in TokenSentWithoutSM.
+	DisableSM bool
+
+	// MaxUnacked bounds the stanzas written but not yet acknowledged. The
+	// writer waits (and asks for an ack) when the bound is reached.
+	// Default 1000.
+	MaxUnacked int
+	// QueueSize bounds the stanzas accepted by Send but not yet written.
+	// Default 1000.
+	QueueSize int
+	// NonBlocking makes Send return ErrQueueFull at once instead of waiting
+	// for room.
+	NonBlocking bool
+	// RequestEvery asks for an ack after this many stanzas even while an
+	// earlier request is outstanding. Default 100.
+	RequestEvery int
+	// AckTimeout is how long an ack request may go unanswered before the
+	// connection is taken for dead. Default 30s.
+	AckTimeout time.Duration
+	// KeepAlive sends an ack request when nothing was received for this long,
+	// so that a silent dead connection is noticed. Default 60s.
+	KeepAlive time.Duration
+	// Backoff paces reconnection attempts.
+	Backoff Backoff
+	// ResumeWindow caps how long the stream tries to resume before it gives up
+	// and starts a new session; the server's max (from <enabled/>) caps it
+	// further. Default 5m.
+	ResumeWindow time.Duration
+
+	// OnEvent, if set, learns of connection events (lost, resumed, new
+	// session, closed). It runs on the stream's own goroutine: keep it short
+	// and do not call Close from it.
+	OnEvent func(Event)
+	// Logger receives debug and warning logs. Default: discard.
+	Logger *slog.Logger
+}
+
+// Backoff is the delay between reconnection attempts: it starts at Min, is
+// multiplied by 2 after each failed attempt up to Max, and each delay is
+// shortened by a random fraction up to Jitter (0 to 1).
+type Backoff struct {
+	Min, Max time.Duration
+	Jitter   float64
+}
+
+func (b Backoff) delay(attempt int) time.Duration {
+	d := b.Min
+	for i := 0; i < attempt && d < b.Max; i++ {
+		d *= 2
+	}
+	if d > b.Max {
+		d = b.Max
+	}
+	if b.Jitter > 0 {
+		d -= time.Duration(rand.Float64() * b.Jitter * float64(d))
+	}
+	return d
+}
+
+func (c Config) withDefaults() Config {
+	if c.MaxUnacked <= 0 {
+		c.MaxUnacked = 1000
+	}
+	if c.QueueSize <= 0 {
+		c.QueueSize = 1000
+	}
+	if c.RequestEvery <= 0 {
+		c.RequestEvery = 100
+	}
+	if c.AckTimeout <= 0 {
+		c.AckTimeout = 30 * time.Second
+	}
+	if c.KeepAlive <= 0 {
+		c.KeepAlive = 60 * time.Second
+	}
+	if c.Backoff.Min <= 0 {
+		c.Backoff.Min = 100 * time.Millisecond
+	}
+	if c.Backoff.Max < c.Backoff.Min {
+		c.Backoff.Max = 10 * time.Second
+		if c.Backoff.Max < c.Backoff.Min {
+			c.Backoff.Max = c.Backoff.Min
+		}
+	}
+	if c.ResumeWindow <= 0 {
+		c.ResumeWindow = 5 * time.Minute
+	}
+	if len(c.Mechanisms) == 0 {
+		c.Mechanisms = []sasl.Mechanism{sasl.ScramSha256Plus, sasl.ScramSha1Plus, sasl.ScramSha256, sasl.ScramSha1}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Dial == nil {
+		addr := c.Addr
+		if addr == "" {
+			addr = net.JoinHostPort(c.JID.Domainpart(), "5222")
+		}
+		c.Dial = func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", addr)
+		}
+	}
+	if c.TLS != nil && c.TLS.ServerName == "" {
+		c.TLS = c.TLS.Clone()
+		c.TLS.ServerName = c.JID.Domainpart()
+	}
+	return c
+}
+
+// EventKind says what happened to the connection.
+type EventKind uint8
+
+// Kinds of Event.
+const (
+	// EventConnected: the first session is ready.
+	EventConnected EventKind = iota
+	// EventDisconnected: the connection broke; the stream will reconnect.
+	EventDisconnected
+	// EventResumed: a new connection resumed the previous session; nothing
+	// was lost.
+	EventResumed
+	// EventNewSession: a new session replaced one that could not be resumed.
+	// Stanzas the server had not acknowledged became TokenDisconnected; room
+	// memberships and presence are gone and must be set up again.
+	EventNewSession
+	// EventClosed: the stream ended (Close, or a failure it cannot recover
+	// from); Err says which.
+	EventClosed
+)
+
+var eventNames = [...]string{"connected", "disconnected", "resumed", "new-session", "closed"}
+
+// String returns a short name of the kind, e.g. "resumed".
+func (k EventKind) String() string {
+	if int(k) < len(eventNames) {
+		return eventNames[k]
+	}
+	return "unknown"
+}
+
+// Event is a change in the stream's connection.
+type Event struct {
+	Kind EventKind
+	At   time.Time
+	// Err is why the connection was lost, the resumption refused, or the
+	// stream closed.
+	Err error
+	// Addr is the full JID the session is bound to.
+	Addr jid.JID
+	// Acked counts the stanzas acknowledged by <resumed/> or <failed/>,
+	// Resent those written again after a resumption, and Lost those that
+	// became TokenDisconnected.
+	Acked, Resent, Lost int
+}
+
+// Stats are counters of a stream's life, for logs and metrics.
+type Stats struct {
+	Connections  int // successful connections, the first included
+	Resumptions  int // successful resumptions
+	NewSessions  int // sessions started after a resumption failed or was not possible
+	Disconnects  int // connections lost
+	Sent         uint64
+	Acked        uint64
+	Received     uint64
+	Unacked      int // now
+	Queued       int // now
+	Attempts     []Attempt
+	LastErr      error
+	SMEnabled    bool
+	ResumeWindow time.Duration // the server's max, 0 if unknown
+}
+
+// Attempt records one reconnection attempt and its outcome.
+type Attempt struct {
+	At      time.Time
+	Resume  bool   // whether it tried to resume
+	Outcome string // "resumed", "new-session", "refused", "error"
+	Err     error
+}

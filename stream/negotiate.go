@@ -1,0 +1,209 @@
+package stream
+
+import (
+	"context"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+
+	"mellium.im/xmpp"
+	"mellium.im/xmpp/jid"
+	xstream "mellium.im/xmpp/stream"
+
+	"github.com/xmpptrack/xmpptrack/sm"
+)
+
+// previous is what a new connection needs to resume a session.
+type previous struct {
+	id   string
+	h    uint32 // our inbound count
+	addr jid.JID
+}
+
+// negotiated is the outcome of stream negotiation on one connection.
+type negotiated struct {
+	sess *xmpp.Session
+	// resumed is set when <resumed/> was received; h is its count.
+	resumed bool
+	h       uint32
+	// refused is set when <resume/> was answered with <failed/>.
+	refused *sm.Failed
+	// enabled is set when stream management is on for a new session.
+	enabled *sm.Enabled
+	// enableErr is why stream management is off when the server offered it.
+	enableErr error
+	offered   bool
+}
+
+// negotiate logs in on conn: STARTTLS when configured, SASL, then our own
+// feature in bind's place, which resumes prev when given and otherwise binds
+// a resource and enables stream management. It reads exactly one element for
+// each stream management step, so that stanzas the server sends right after
+// <resumed/> or <enabled/> stay in the session's decoder for the reader.
+func negotiate(ctx context.Context, cfg *Config, conn net.Conn, prev *previous) (*negotiated, error) {
+	n := &negotiated{}
+	var features []xmpp.StreamFeature
+	if cfg.TLS != nil {
+		features = append(features, xmpp.StartTLS(cfg.TLS))
+	}
+	auth := xmpp.SASL("", cfg.Password, cfg.Mechanisms...)
+	if cfg.TLS == nil {
+		// mellium offers SASL only on a secured stream; the user asked for
+		// plaintext (loopback tests).
+		auth.Necessary &^= xmpp.Secure
+	}
+	features = append(features, auth, smBind(cfg, prev, n))
+	sess, err := xmpp.NewSession(ctx, cfg.JID.Domain(), cfg.JID, conn, 0,
+		xmpp.NewNegotiator(func(*xmpp.Session, *xmpp.StreamConfig) xmpp.StreamConfig {
+			return xmpp.StreamConfig{Features: features}
+		}))
+	if err != nil {
+		return nil, err
+	}
+	if sess.State()&xmpp.Secure == 0 && !cfg.AllowPlaintext {
+		return nil, errors.New("stream: server did not secure the connection and plaintext is not allowed")
+	}
+	n.sess = sess
+	return n, nil
+}
+
+var bindName = xml.Name{Space: "urn:ietf:params:xml:ns:xmpp-bind", Local: "bind"}
+
+// smBind takes the place of resource binding, the last feature a client
+// negotiates, so that stream management is set up before the first stanza.
+func smBind(cfg *Config, prev *previous, n *negotiated) xmpp.StreamFeature {
+	bind := xmpp.BindResource()
+	return xmpp.StreamFeature{
+		Name:       bindName,
+		Necessary:  xmpp.Authn,
+		Prohibited: xmpp.Ready,
+		Parse: func(ctx context.Context, d *xml.Decoder, start *xml.StartElement) (bool, interface{}, error) {
+			return true, nil, d.Skip()
+		},
+		Negotiate: func(ctx context.Context, sess *xmpp.Session, data interface{}) (xmpp.SessionState, io.ReadWriter, error) {
+			_, n.offered = sess.Feature(sm.NS)
+			useSM := n.offered && !cfg.DisableSM
+			if useSM && prev != nil {
+				if _, err := sess.Conn().Write(sm.AppendResume(nil, prev.id, prev.h)); err != nil {
+					return 0, nil, err
+				}
+				start, failed, err := readSMAnswer(sess, "resumed")
+				if err != nil {
+					return 0, nil, err
+				}
+				if failed == nil {
+					r, err := sm.ParseResumed(start)
+					if err != nil {
+						return 0, nil, err
+					}
+					n.resumed, n.h = true, r.H
+					sess.UpdateAddr(prev.addr)
+					return xmpp.Ready, nil, nil
+				}
+				n.refused = failed
+			}
+			if _, _, err := bind.Negotiate(ctx, sess, data); err != nil {
+				return 0, nil, fmt.Errorf("stream: bind: %w", err)
+			}
+			if !useSM {
+				return xmpp.Ready, nil, nil
+			}
+			if _, err := sess.Conn().Write(sm.AppendEnable(nil, true, 0)); err != nil {
+				return 0, nil, err
+			}
+			start, failed, err := readSMAnswer(sess, "enabled")
+			if err != nil {
+				return 0, nil, err
+			}
+			if failed != nil {
+				n.enableErr = failed
+				return xmpp.Ready, nil, nil
+			}
+			e, err := sm.ParseEnabled(start)
+			if err != nil {
+				return 0, nil, err
+			}
+			n.enabled = &e
+			return xmpp.Ready, nil, nil
+		},
+	}
+}
+
+// readSMAnswer reads exactly one element: the expected one (its start is
+// returned), <failed/> (parsed), or a stream error.
+func readSMAnswer(sess *xmpp.Session, want string) (xml.StartElement, *sm.Failed, error) {
+	r := sess.TokenReader()
+	defer r.Close()
+	var start xml.StartElement
+	for {
+		tok, err := r.Token()
+		if err != nil {
+			return start, nil, err
+		}
+		if s, ok := tok.(xml.StartElement); ok {
+			start = s
+			break
+		}
+	}
+	switch {
+	case start.Name.Space == xstream.NS && start.Name.Local == "error":
+		var e xstream.Error
+		if err := xml.NewTokenDecoder(r).DecodeElement(&e, &start); err != nil {
+			return start, nil, err
+		}
+		return start, nil, e
+	case sm.Is(start, "failed"):
+		f, err := sm.ParseFailed(start, r)
+		return start, &f, err
+	case sm.Is(start, want):
+		return start, nil, skipElement(r)
+	default:
+		return start, nil, fmt.Errorf("%w: expected <%s/>, got <%s xmlns=%q>", ErrProtocol, want, start.Name.Local, start.Name.Space)
+	}
+}
+
+// skipElement reads the rest of an element whose start was just read.
+func skipElement(r xml.TokenReader) error {
+	depth := 1
+	for depth > 0 {
+		tok, err := r.Token()
+		if err != nil {
+			return err
+		}
+		switch tok.(type) {
+		case xml.StartElement:
+			depth++
+		case xml.EndElement:
+			depth--
+		}
+	}
+	return nil
+}
+
+// errDial marks a failure to open a connection: always worth another try.
+var errDial = errors.New("dial")
+
+// transient reports whether a connection error is worth another attempt: the
+// network failed, as opposed to the server refusing us (SASL, bind, a stream
+// error other than a shutdown).
+func transient(err error) bool {
+	var se xstream.Error
+	if errors.As(err, &se) {
+		switch se.Err {
+		case "system-shutdown", "connection-timeout", "reset", "internal-server-error", "remote-connection-failed":
+			return true
+		}
+		return false
+	}
+	var ne net.Error
+	var syn *xml.SyntaxError
+	switch {
+	case errors.Is(err, errDial), errors.As(err, &ne), errors.As(err, &syn),
+		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed),
+		errors.Is(err, context.DeadlineExceeded):
+		return true
+	}
+	return false
+}

@@ -1,0 +1,95 @@
+package tracking_test
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/stanza"
+
+	"github.com/xmpptrack/xmpptrack/stream"
+	"github.com/xmpptrack/xmpptrack/tracking"
+)
+
+// token stands in for the *stream.StanzaToken that the stream returns for an
+// outgoing stanza; here it is driven by hand.
+type token struct {
+	mu    sync.Mutex
+	state stream.TokenState
+	obs   []func(stream.TokenChange)
+}
+
+func (t *token) Observe(f func(stream.TokenChange)) {
+	t.mu.Lock()
+	s := t.state
+	if !s.IsFinal() {
+		t.obs = append(t.obs, f)
+	}
+	t.mu.Unlock()
+	f(stream.TokenChange{State: s})
+}
+
+func (t *token) set(s stream.TokenState) {
+	t.mu.Lock()
+	t.state = s
+	obs := t.obs
+	if s.IsFinal() {
+		t.obs = nil
+	}
+	t.mu.Unlock()
+	for _, f := range obs {
+		f(stream.TokenChange{State: s})
+	}
+}
+
+func Example() {
+	room := jid.MustParse("lobby@rooms.example.net")
+	me := jid.MustParse("lobby@rooms.example.net/alice")
+
+	t := tracking.NewMessageTracker(tracking.WithTimeout(time.Minute))
+	t.OnChange(func(c tracking.Change) {
+		fmt.Printf("%v -> %v\n", c.From, c.To)
+	})
+
+	// The stream writes the stanza and the server acknowledges it.
+	tok := &token{}
+	if err := t.Bind(tok); err != nil {
+		fmt.Println(err)
+	}
+	tok.set(stream.TokenSent)
+	tok.set(stream.TokenAcked)
+
+	// The room reflects the message to its sender: the room has it.
+	reflection := &tracking.Response{
+		Message:    stanza.Message{ID: "m1", From: me, Type: stanza.GroupChatMessage},
+		StanzaID:   "b1f3c0de",
+		StanzaIDBy: room.String(),
+	}
+	if err := t.Transition(tracking.DeliveredToRecipient, reflection); err != nil {
+		fmt.Println(err)
+	}
+
+	// An error reply that comes back now is too late to matter.
+	late := &tracking.Response{
+		Message: stanza.Message{ID: "m1", From: room, Type: stanza.ErrorMessage},
+		Error:   &stanza.Error{Type: stanza.Cancel, Condition: stanza.NotAcceptable},
+	}
+	fmt.Println(t.Transition(tracking.Error, late))
+	fmt.Println(t.State(), t.Response().StanzaID)
+
+	// A chat marker: someone in the room displayed it.
+	if err := t.Transition(tracking.SeenByRecipient, nil); err != nil {
+		fmt.Println(err)
+	}
+	<-t.Done()
+	fmt.Println(t.Close())
+
+	// Output:
+	// IN_TRANSIT -> DELIVERED_TO_SERVER
+	// DELIVERED_TO_SERVER -> DELIVERED_TO_RECIPIENT
+	// tracking: DELIVERED_TO_RECIPIENT -> ERROR: transition not allowed
+	// DELIVERED_TO_RECIPIENT b1f3c0de
+	// DELIVERED_TO_RECIPIENT -> SEEN_BY_RECIPIENT
+	// tracking: SEEN_BY_RECIPIENT -> CLOSED: tracker is final
+}
