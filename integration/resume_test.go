@@ -294,3 +294,75 @@ func TestCounterAgreement(t *testing.T) {
 		t.Fatalf("resumptions %d, want 1 (attempts %+v)", st.Resumptions, st.Attempts)
 	}
 }
+
+// TestRawCutsEndTruthfully cuts alice's connection anywhere, mid-stanza
+// included. Prosody 0.12 may then resume onto a parser that still holds the
+// torn stanza and ignore the resumed stream; the stream must notice (its ack
+// request goes unanswered), give the session up, and carry on in a new one.
+// Whatever happens, every token ends in a final state, and a token is ACKED
+// only if bob really received its message.
+func TestRawCutsEndTruthfully(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long")
+	}
+	srv := prosody.StartTB(t, prosody.Options{Users: map[string]string{"alice": "a-pw", "bob": "b-pw"}})
+	p := newProxy(t, srv)
+	alice := dialStream(t, srv, "alice", func(c *stream.Config) {
+		viaProxy(p)(c)
+		c.AckTimeout = time.Second
+	})
+	bob := dialStream(t, srv, "bob", nil)
+	box := newInbox(bob)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	const n, cuts = 600, 4
+	toks := make([]*stream.StanzaToken, 0, n)
+	cutDone := make(chan struct{})
+	go func() {
+		defer close(cutDone)
+		for i := 1; i <= cuts; i++ {
+			for st := alice.Stats(); st.Sent < uint64(i*n/(cuts+1)); st = alice.Stats() {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(time.Millisecond):
+				}
+			}
+			p.CutRaw()
+		}
+	}()
+	for i := range n {
+		tok, err := alice.Send(ctx, chat(bob.Addr(), fmt.Sprintf("raw %d", i)))
+		if err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+		toks = append(toks, tok)
+		if i%20 == 0 {
+			time.Sleep(5 * time.Millisecond) // spread the sends over the cuts
+		}
+	}
+	<-cutDone
+	states := make(map[stream.TokenState]int)
+	for i, tok := range toks {
+		st, err := tok.Wait(ctx)
+		if !st.IsFinal() {
+			t.Fatalf("token %d not final: %v %v", i, st, err)
+		}
+		states[st]++
+	}
+	time.Sleep(500 * time.Millisecond)
+	box.mu.Lock()
+	received := make(map[string]bool, len(box.bodies))
+	for _, b := range box.bodies {
+		received[b] = true
+	}
+	box.mu.Unlock()
+	for i, tok := range toks {
+		if tok.State() == stream.TokenAcked && !received[fmt.Sprintf("raw %d", i)] {
+			t.Errorf("token %d ACKED but bob never received its message", i)
+		}
+	}
+	st := alice.Stats()
+	t.Logf("token states %v; bob received %d; resumptions %d, new sessions %d", states, len(received), st.Resumptions, st.NewSessions)
+}

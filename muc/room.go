@@ -293,7 +293,7 @@ func (r *Room) send(ctx context.Context, content []byte, opts []SendOption) (*tr
 	b = append(b, originID...)
 	b = append(b, "'/></message>"...)
 
-	t := tracking.NewMessageTracker()
+	t := tracking.NewMessageTracker(tracking.WithID(id))
 	p := &pending{t: t, id: id, originID: originID}
 	r.mu.Lock()
 	if r.left {

@@ -41,6 +41,8 @@ type Response struct {
 // methods are safe for use by many goroutines at once. A MessageTracker must
 // not be copied after first use.
 type MessageTracker struct {
+	id string // the message's stanza id; set once at creation
+
 	// mu guards every field below, and the queue of obs.
 	mu      sync.Mutex
 	state   MessageState
@@ -62,6 +64,14 @@ type Option func(*MessageTracker)
 func WithTimeout(d time.Duration) Option {
 	return func(t *MessageTracker) { t.SetTimeout(d) }
 }
+
+// WithID records the stanza id of the tracked message (see ID).
+func WithID(id string) Option {
+	return func(t *MessageTracker) { t.id = id }
+}
+
+// ID returns the stanza id of the tracked message, as given by WithID.
+func (t *MessageTracker) ID() string { return t.id }
 
 // NewMessageTracker returns a tracker in state InTransit.
 func NewMessageTracker(opts ...Option) *MessageTracker {

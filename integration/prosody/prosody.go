@@ -79,7 +79,9 @@ type Options struct {
 	Offline bool
 
 	// ExtraGlobal holds Lua configuration lines appended to the global
-	// section, after the generated settings (so they may override them).
+	// section, after the generated settings. A line may override a generated
+	// setting: the later value wins, and Prosody logs a "Duplicate option"
+	// warning.
 	ExtraGlobal string
 
 	// LogLevel is the lowest level written to the log: "debug", "info",
