@@ -28,3 +28,16 @@ prosody-install:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prosody; \
 	fi
+
+.PHONY: demo bench
+
+## demo: a guided tour: tracked messages against a throw-away local Prosody
+## (installed first if missing). The work is in scripts/demo.sh.
+demo: prosody-install
+	@sh scripts/demo.sh
+
+## bench: the end-to-end benchmark against Prosody (xmpptrack beside a raw
+## client), then the memory of 100,000 tracked messages in flight.
+bench: prosody-install
+	$(GO) run ./bench/e2e -reps 7 -o bench/results.json
+	$(GO) test -run '^$$' -bench InFlight -benchtime 1x ./bench

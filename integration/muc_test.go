@@ -179,23 +179,29 @@ func TestMUCErrors(t *testing.T) {
 	})
 
 	t.Run("not an occupant", func(t *testing.T) {
-		// alice joins, then leaves behind the muc client's back: the client
-		// still believes it is in the room, the room does not. Prosody
-		// answers the message with not-acceptable.
+		// alice leaves with a bare unavailable presence and sends a tracked
+		// message right after it. The room handles both in order: the
+		// message comes from someone no longer in the room, and Prosody
+		// answers not-acceptable. Everything the server sends alice is held
+		// back until then, so her client learns of the leave only after it
+		// sent the message: the tracker must still end ERROR.
 		room := roomJID(t, srv, "open")
 		admin := dialStream(t, srv, "bob", nil)
 		join(t, admin, room, "bob")
-		_, r := join(t, alice, room, "alice")
+		p := newProxy(t, srv)
+		alice2 := dialStream(t, srv, "alice", viaProxy(p))
+		events := make(chan muc.Event, 1)
+		_, r := join(t, alice2, room, "alice", muc.WithEvents(func(ev muc.Event) { events <- ev }))
+		p.HoldServerToClient()
 		leave := stanza.Presence{To: mustJID(t, r.OccupantJID()), Type: stanza.UnavailablePresence}.Wrap(nil)
-		tok, err := alice.Send(ctx, leave)
-		if err != nil {
+		if _, err := alice2.Send(ctx, leave); err != nil {
 			t.Fatal(err)
 		}
-		tok.Wait(ctx)
 		tr, err := r.SendTrackedMessage(ctx, "anyone?")
 		if err != nil {
 			t.Fatal(err)
 		}
+		p.ReleaseServerToClient()
 		if st, _ := tr.Wait(ctx, tracking.DeliveredToRecipient); st != tracking.Error {
 			t.Fatalf("state %v, want ERROR", st)
 		}
@@ -204,6 +210,17 @@ func TestMUCErrors(t *testing.T) {
 		}
 		if o, i := r.Pending(); o != 0 || i != 0 {
 			t.Fatalf("room still holds %d/%d pending entries", o, i)
+		}
+		select {
+		case ev := <-events:
+			if ev.Kind != muc.EventRemoved {
+				t.Fatalf("event %v, want removed", ev.Kind)
+			}
+		case <-ctx.Done():
+			t.Fatal("the client did not notice that it left")
+		}
+		if _, err := r.SendTrackedMessage(ctx, "again?"); !errors.Is(err, muc.ErrLeft) {
+			t.Fatalf("send after leaving: %v, want ErrLeft", err)
 		}
 	})
 }

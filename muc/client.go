@@ -28,14 +28,23 @@ const (
 	// EventRejoinFailed: joining again failed; Err says why. The room is
 	// left.
 	EventRejoinFailed
+	// EventRemoved: the room removed us (kicked, banned, destroyed, shut
+	// down); Err is a *RemovedError. Pending trackers end CLOSED and the room
+	// is left.
+	EventRemoved
 )
 
 // String returns a short name of the kind.
 func (k EventKind) String() string {
-	if k == EventRejoined {
+	switch k {
+	case EventRejoined:
 		return "rejoined"
+	case EventRejoinFailed:
+		return "rejoin-failed"
+	case EventRemoved:
+		return "removed"
 	}
-	return "rejoin-failed"
+	return "unknown"
 }
 
 // Event is something that happened to a joined room without being asked.
@@ -207,7 +216,13 @@ func (c *Client) streamEvent(ev stream.Event) {
 		return
 	}
 	for _, r := range c.Rooms() {
-		go r.rejoin()
+		r.dropWritten()
+		r.mu.Lock()
+		left := r.left
+		r.mu.Unlock()
+		if !left {
+			go r.rejoin()
+		}
 	}
 }
 
@@ -228,8 +243,9 @@ func indexByte(s string, b byte) int {
 
 // mucUser is the part of a muc#user presence the client needs.
 type mucUser struct {
-	codes []string
-	nick  string // item nick (a nick change, 303)
+	codes     []string
+	nick      string // item nick (a nick change, 303)
+	destroyed bool   // <destroy/>: the room is gone
 }
 
 func readMUCUser(inner []xml.Token) (mucUser, bool) {
@@ -253,6 +269,8 @@ func readMUCUser(inner []xml.Token) (mucUser, bool) {
 					if n := xstanza.Attr(t, "nick"); n != "" {
 						u.nick = n
 					}
+				case "destroy":
+					u.destroyed = true
 				}
 			}
 		case xml.EndElement:

@@ -38,6 +38,14 @@
 // writes before the rejoin is complete may be refused by the room (ERROR,
 // not-acceptable), which is the truth.
 //
+// # Removal
+//
+// When the room removes us (kicked, banned, destroyed, shut down), the client
+// reports EventRemoved and refuses new messages with ErrLeft. Messages
+// already in flight stay pending: the room either reflected them before the
+// removal or will answer them with an error, and their tracker says which
+// (or TIMED_OUT). Leave and Client.Close end pending trackers CLOSED.
+//
 // # Concurrency
 //
 // Client and Room are safe for concurrent use. Stanzas are matched on the
@@ -78,6 +86,47 @@ var (
 // ErrLeft is the error of operations on a room that was left or whose client
 // was closed.
 var ErrLeft = errors.New("muc: not in the room")
+
+// ErrInvalidText is returned for a body that is not valid UTF-8 or holds
+// characters XML does not allow; nothing is sent.
+var ErrInvalidText = errors.New("muc: text not allowed in XML")
+
+// RemovedError says why the room removed us (see EventRemoved).
+type RemovedError struct {
+	Room string
+	// Codes are the XEP-0045 status codes of the room's presence: 301
+	// banned, 307 kicked, 321 affiliation change, 322 members-only, 332
+	// service shut down, 333 an error of ours.
+	Codes []string
+	// Destroyed is set when the room was destroyed.
+	Destroyed bool
+}
+
+// Error implements error.
+func (e *RemovedError) Error() string {
+	reason := "removed"
+	for _, c := range e.Codes {
+		switch c {
+		case "301":
+			reason = "banned"
+		case "307":
+			reason = "kicked"
+		case "321", "322":
+			reason = "removed (affiliation change)"
+		case "332":
+			reason = "removed (service shut down)"
+		case "333":
+			reason = "removed (error)"
+		}
+	}
+	if e.Destroyed {
+		reason = "room destroyed"
+	}
+	return "muc: " + e.Room + ": " + reason
+}
+
+// Unwrap lets errors.Is match ErrLeft.
+func (e *RemovedError) Unwrap() error { return ErrLeft }
 
 // JoinError is the room's refusal of a join.
 type JoinError struct {

@@ -28,18 +28,26 @@ type Room struct {
 	// mu guards the fields below.
 	mu       sync.Mutex
 	nick     string
-	self     string // our occupant JID, as the room writes it
-	joinID   string // id of the join presence awaiting its answer
-	joined   chan error
+	self     string       // our occupant JID, as the room writes it
+	joinID   string       // id of the latest join presence awaiting its answer
+	joined   []chan error // joins waiting for that answer
+	rejoins  uint64       // rejoins started; only the latest reports
 	left     bool
 	byOrigin map[string]*pending // pending messages by origin-id
 	byID     map[string]*pending // pending messages by id
+
+	// jids guards the JIDs last parsed by messageHeader.
+	jids struct {
+		sync.Mutex
+		from, to parsedJID
+	}
 }
 
 // pending is a message waiting for its reflection or error.
 type pending struct {
 	t            *tracking.MessageTracker
 	id, originID string
+	tok          *stream.StanzaToken // set once the stream accepted the stanza; guarded by Room.mu
 }
 
 // Addr returns the room's bare JID.
@@ -69,12 +77,16 @@ func (r *Room) Pending() (byOriginID, byID int) {
 	return len(r.byOrigin), len(r.byID)
 }
 
-// sendJoin sends the join presence and waits for the self-presence.
+// sendJoin sends the join presence and waits for the self-presence. When
+// another join is sent before the answer (a rejoin after yet another new
+// session), both learn the answer to the latest: the earlier presence went
+// to a session that is gone.
 func (r *Room) sendJoin(ctx context.Context) error {
 	id := xstanza.NewID()
 	done := make(chan error, 1)
 	r.mu.Lock()
-	r.joinID, r.joined = id, done
+	r.joinID = id
+	r.joined = append(r.joined, done)
 	occupant := r.addr.String() + "/" + r.nick
 	r.self = occupant
 	r.mu.Unlock()
@@ -104,40 +116,52 @@ func (r *Room) sendJoin(ctx context.Context) error {
 		return err
 	case <-ctx.Done():
 		r.mu.Lock()
-		if r.joinID == id {
+		for i, ch := range r.joined {
+			if ch == done {
+				r.joined = append(r.joined[:i:i], r.joined[i+1:]...)
+				break
+			}
+		}
+		if len(r.joined) == 0 {
 			r.joinID, r.joined = "", nil
 		}
 		r.mu.Unlock()
+		select {
+		case err := <-done:
+			// Answered meanwhile.
+			return err
+		default:
+		}
 		return fmt.Errorf("muc: join %s: %w", r.key, ctx.Err())
 	}
 }
 
 // handlePresence follows our own presence in the room: the self-presence
-// that completes a join (status 110), nick changes (303, 210), and errors.
+// that completes a join (status 110), nick changes (303, 210), errors, and
+// the room removing us (kicked, banned, room destroyed, service shut down).
 func (r *Room) handlePresence(el *stream.Element, from string) {
 	typ := xstanza.Attr(el.Start, "type")
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if typ == "error" {
-		if r.joinID == "" || xstanza.Attr(el.Start, "id") != r.joinID {
-			return
+		if r.joinID != "" && xstanza.Attr(el.Start, "id") == r.joinID {
+			r.finishJoin(&JoinError{Room: r.key, Err: stanzaError(el)})
 		}
-		se, ok := xstanza.Error(el.Inner)
-		if !ok {
-			se = &stanza.Error{Type: stanza.Cancel, Condition: stanza.UndefinedCondition}
-		}
-		r.finishJoin(&JoinError{Room: r.key, Err: se})
+		r.mu.Unlock()
 		return
 	}
 	u, ok := readMUCUser(el.Inner)
-	if !ok || !u.has("110") {
+	if !ok || !(u.has("110") || (u.destroyed && from == r.self)) {
+		r.mu.Unlock()
 		return
 	}
+	var removed error
 	switch {
 	case typ == "unavailable" && u.has("303") && u.nick != "":
 		// Our nick changed; the new self-presence follows.
 		r.nick = u.nick
 		r.self = r.key + "/" + u.nick
+	case typ == "unavailable" && r.joinID == "" && !r.left:
+		removed = &RemovedError{Room: r.key, Codes: u.codes, Destroyed: u.destroyed}
 	case typ == "":
 		r.self = from
 		if i := indexByte(from, '/'); i >= 0 {
@@ -147,11 +171,33 @@ func (r *Room) handlePresence(el *stream.Element, from string) {
 			r.finishJoin(nil)
 		}
 	}
+	if removed != nil {
+		// Messages still in flight will be refused by the room (or were
+		// reflected before this presence): they stay pending for that
+		// answer or their timeout. Nothing new can be sent.
+		r.left = true
+	}
+	r.mu.Unlock()
+	if removed != nil {
+		r.maybeForget()
+		go r.c.emit(Event{Kind: EventRemoved, Room: r, Err: removed})
+	}
+}
+
+// maybeForget takes a room that was left out of its client once nothing is
+// pending in it any more.
+func (r *Room) maybeForget() {
+	r.mu.Lock()
+	done := r.left && len(r.byID) == 0 && len(r.byOrigin) == 0
+	r.mu.Unlock()
+	if done {
+		r.c.forget(r)
+	}
 }
 
 func (r *Room) finishJoin(err error) {
-	if r.joined != nil {
-		r.joined <- err
+	for _, ch := range r.joined {
+		ch <- err
 	}
 	r.joinID, r.joined = "", nil
 }
@@ -187,33 +233,66 @@ func (r *Room) handleMessage(el *stream.Element, from string) {
 		}
 		p = r.byID[ids.ID]
 		to = tracking.Error
-		if se, ok := xstanza.Error(el.Inner); ok {
-			resp.Error = se
-		} else {
-			resp.Error = &stanza.Error{Type: stanza.Cancel, Condition: stanza.UndefinedCondition}
-		}
+		resp.Error = stanzaError(el)
 	}
 	if p != nil {
 		r.forgetLocked(p)
 	}
+	left := r.left
 	r.mu.Unlock()
 	if p == nil {
 		return
 	}
-	resp.Message = messageHeader(el.Start)
+	if left {
+		defer r.maybeForget()
+	}
+	resp.Message = r.messageHeader(el.Start)
 	// A rejected transition (an error after the reflection, a reflection
 	// after a timeout) changes nothing, which is what we want.
 	_ = p.t.Transition(to, resp)
 }
 
-func messageHeader(start xml.StartElement) stanza.Message {
+// stanzaError returns the error of an error stanza. An error without a
+// condition, or without an <error/> at all, is an undefined-condition.
+func stanzaError(el *stream.Element) *stanza.Error {
+	se, ok := xstanza.Error(el.Inner)
+	if !ok {
+		return &stanza.Error{Type: stanza.Cancel, Condition: stanza.UndefinedCondition}
+	}
+	if se.Condition == "" {
+		se.Condition = stanza.UndefinedCondition
+	}
+	return se
+}
+
+// messageHeader returns the top-level attributes of a message. The from
+// and to of a room's messages hardly ever change, and parsing a JID (PRECIS)
+// costs more than matching the message: the last parse of each is kept.
+func (r *Room) messageHeader(start xml.StartElement) stanza.Message {
 	m := stanza.Message{
 		ID:   xstanza.Attr(start, "id"),
 		Type: stanza.MessageType(xstanza.Attr(start, "type")),
 	}
-	m.From, _ = jid.Parse(xstanza.Attr(start, "from"))
-	m.To, _ = jid.Parse(xstanza.Attr(start, "to"))
+	from, to := xstanza.Attr(start, "from"), xstanza.Attr(start, "to")
+	r.jids.Lock()
+	defer r.jids.Unlock()
+	m.From = r.jids.from.parse(from)
+	m.To = r.jids.to.parse(to)
 	return m
+}
+
+// parsedJID remembers the last JID parsed from a string.
+type parsedJID struct {
+	s string
+	j jid.JID
+}
+
+func (p *parsedJID) parse(s string) jid.JID {
+	if s != p.s || s == "" {
+		j, _ := jid.Parse(s)
+		p.s, p.j = s, j
+	}
+	return p.j
 }
 
 func (r *Room) forgetLocked(p *pending) {
@@ -242,6 +321,9 @@ func Timeout(d time.Duration) SendOption {
 // message (see the package documentation). The error is that of the stream's
 // Send: on error no tracker is returned and nothing was sent.
 func (r *Room) SendTrackedMessage(ctx context.Context, body string, opts ...SendOption) (*tracking.MessageTracker, error) {
+	if !xstanza.ValidText(body) {
+		return nil, fmt.Errorf("muc: send to %s: %w", r.key, ErrInvalidText)
+	}
 	b := make([]byte, 0, 160+len(body)+len(r.key))
 	b = append(b, "<body>"...)
 	b = xstanza.AppendEscaped(b, body)
@@ -308,7 +390,11 @@ func (r *Room) send(ctx context.Context, content []byte, opts []SendOption) (*tr
 		if c.To >= tracking.DeliveredToRecipient {
 			r.mu.Lock()
 			r.forgetLocked(p)
+			left := r.left
 			r.mu.Unlock()
+			if left {
+				r.maybeForget()
+			}
 		}
 	})
 	if cfg.timeout > 0 {
@@ -322,6 +408,9 @@ func (r *Room) send(ctx context.Context, content []byte, opts []SendOption) (*tr
 		t.Close()
 		return nil, fmt.Errorf("muc: send to %s: %w", r.key, err)
 	}
+	r.mu.Lock()
+	p.tok = tok
+	r.mu.Unlock()
 	t.Bind(tok)
 	return t, nil
 }
@@ -366,11 +455,48 @@ func (r *Room) end(err error) {
 	}
 }
 
-// rejoin joins the room again after the stream started a new session.
+// dropWritten ends CLOSED every pending message that was written before the
+// stream started a new session: the room's answer to it, if any, went to
+// the session that is gone. Messages still queued are written on the new
+// session and stay pending. Called from the stream's event, before the new
+// session writes anything.
+func (r *Room) dropWritten() {
+	var ps []*pending
+	r.mu.Lock()
+	for _, p := range r.byID {
+		if p.tok != nil && p.tok.State() != stream.TokenQueued {
+			ps = append(ps, p)
+		}
+	}
+	for _, p := range ps {
+		r.forgetLocked(p)
+	}
+	r.mu.Unlock()
+	for _, p := range ps {
+		p.t.Close()
+	}
+}
+
+// rejoinTimeout bounds how long a rejoin waits for the room's answer.
+var rejoinTimeout = 30 * time.Second
+
+// rejoin joins the room again after the stream started a new session. When
+// a later rejoin starts before this one is answered, only the later one
+// reports.
 func (r *Room) rejoin() {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), rejoinTimeout)
 	defer cancel()
+	r.mu.Lock()
+	r.rejoins++
+	n := r.rejoins
+	r.mu.Unlock()
 	err := r.sendJoin(ctx)
+	r.mu.Lock()
+	superseded := n != r.rejoins
+	r.mu.Unlock()
+	if superseded {
+		return
+	}
 	if err != nil {
 		r.c.forget(r)
 		r.end(err)

@@ -13,6 +13,7 @@ import (
 	"encoding/base64"
 	"encoding/xml"
 	"io"
+	"unicode/utf8"
 
 	mstanza "mellium.im/xmpp/stanza"
 )
@@ -141,4 +142,29 @@ func (r *sliceReader) Token() (xml.Token, error) {
 	t := r.toks[0]
 	r.toks = r.toks[1:]
 	return t, nil
+}
+
+// ValidText reports whether s is valid UTF-8 made only of characters that
+// XML 1.0 allows, so that it can be sent as character data. A stanza with
+// anything else would be not-well-formed and end the stream.
+func ValidText(s string) bool {
+	for i := 0; i < len(s); {
+		b := s[i]
+		if b < utf8.RuneSelf {
+			if b < 0x20 && b != '\t' && b != '\n' && b != '\r' {
+				return false
+			}
+			i++
+			continue
+		}
+		r, n := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && n == 1 {
+			return false
+		}
+		if (r >= 0xD800 && r <= 0xDFFF) || r == 0xFFFE || r == 0xFFFF {
+			return false
+		}
+		i += n
+	}
+	return true
 }

@@ -73,6 +73,13 @@ type Config struct {
 	// RequestEvery asks for an ack after this many stanzas even while an
 	// earlier request is outstanding. Default 100.
 	RequestEvery int
+	// RequestDelay asks for an ack once the writer has written nothing for
+	// this long after writing stanzas: one request per burst, not one per
+	// stanza. Default 5ms.
+	RequestDelay time.Duration
+	// AnswerDelay is how long an answer to the server's ack request may
+	// wait to travel with the next stanzas written. Default 5ms.
+	AnswerDelay time.Duration
 	// AckTimeout is how long an ack request may go unanswered before the
 	// connection is taken for dead. Default 30s.
 	AckTimeout time.Duration
@@ -125,6 +132,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.RequestEvery <= 0 {
 		c.RequestEvery = 100
+	}
+	if c.RequestDelay <= 0 {
+		c.RequestDelay = 5 * time.Millisecond
+	}
+	if c.AnswerDelay <= 0 {
+		c.AnswerDelay = 5 * time.Millisecond
 	}
 	if c.AckTimeout <= 0 {
 		c.AckTimeout = 30 * time.Second

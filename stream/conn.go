@@ -32,10 +32,11 @@ type conn struct {
 	// Guarded by Stream.mu:
 	resumed   bool          // the connection resumed a session
 	resend    bool          // the writer must first write the unacked stanzas again
-	answer    bool          // the server asked for an ack
+	answerAt  time.Time     // when the server asked for an ack; zero if answered
 	reqOut    bool          // our <r/> awaits an <a/>
 	reqAt     time.Time     // when it was sent
 	sinceReq  int           // stanzas written since the last <r/>
+	lastWrite time.Time     // when stanzas were last written
 	needReq   bool          // send an <r/> even if nothing new was written
 	confirmed bool          // an <a/> arrived on this connection
 	since     time.Time     // last time anything was read
@@ -146,6 +147,7 @@ func (s *Stream) writeLoop(c *conn) {
 		if !smOn {
 			to = TokenSentWithoutSM
 		}
+		popped := len(batch)
 		n := 0
 		for _, e := range batch {
 			if e.tok.move(TokenQueued, to, nil) {
@@ -165,23 +167,42 @@ func (s *Stream) writeLoop(c *conn) {
 		}
 		s.stats.Sent += uint64(len(batch))
 		c.sinceReq += len(batch)
-		if c.answer {
-			buf = sm.AppendAnswer(buf, s.in)
-			c.answer = false
-		}
-		if smOn && (c.needReq || (s.out.Len() > 0 && c.sinceReq > 0 && (!c.reqOut || c.sinceReq >= s.cfg.RequestEvery))) {
-			buf = append(buf, sm.Request...)
-			if !c.reqOut {
-				c.reqAt = time.Now()
-			}
-			c.reqOut, c.needReq, c.sinceReq = true, false, 0
+		now := time.Now()
+		if len(batch) > 0 {
+			c.lastWrite = now
 		}
 		final := c.final
 		closing := c.closing && s.queue.len() == 0 && final == nil
+		// Answer the server's <r/> along with stanzas we write anyway, or
+		// after AnswerDelay: the server asks again only once answered, so
+		// a short delay saves a write (and a request) per inbound stanza.
+		if !c.answerAt.IsZero() && (len(batch) > 0 || now.Sub(c.answerAt) >= s.cfg.AnswerDelay || final != nil || closing) {
+			buf = sm.AppendAnswer(buf, s.in)
+			c.answerAt = time.Time{}
+		}
+		// Ask for an ack when the writer has been idle for RequestDelay
+		// after writing, when RequestEvery stanzas went out since the last
+		// request, or when half the unacked room is used.
+		unacked := smOn && s.out.Len() > 0 && c.sinceReq > 0
+		if smOn && (c.needReq || (unacked && (c.sinceReq >= s.cfg.RequestEvery ||
+			(!c.reqOut && (now.Sub(c.lastWrite) >= s.cfg.RequestDelay || 2*s.out.Len() >= s.cfg.MaxUnacked))))) {
+			buf = append(buf, sm.Request...)
+			if !c.reqOut {
+				c.reqAt = now
+			}
+			c.reqOut, c.needReq, c.sinceReq = true, false, 0
+			unacked = false
+		}
 		s.checkIdleLocked()
-		wait := c.reqAt.Add(s.cfg.AckTimeout)
-		if !c.reqOut {
-			wait = c.since.Add(s.cfg.KeepAlive)
+		wait := c.since.Add(s.cfg.KeepAlive)
+		if c.reqOut {
+			wait = c.reqAt.Add(s.cfg.AckTimeout)
+		}
+		if !c.answerAt.IsZero() {
+			wait = earliest(wait, c.answerAt.Add(s.cfg.AnswerDelay))
+		}
+		if unacked && !c.reqOut {
+			wait = earliest(wait, c.lastWrite.Add(s.cfg.RequestDelay))
 		}
 		s.mu.Unlock()
 		clear(batch)
@@ -206,8 +227,10 @@ func (s *Stream) writeLoop(c *conn) {
 			<-c.dead
 			return
 		}
-		if n > 0 || len(buf) > 0 {
-			continue // look for more before sleeping
+		if popped > 0 || len(buf) > 0 {
+			// Look for more before sleeping, also when every stanza taken
+			// had been aborted: they took the room of those behind them.
+			continue
 		}
 		timer.Reset(time.Until(wait))
 		select {
@@ -243,6 +266,13 @@ func (s *Stream) writeLoop(c *conn) {
 			}
 		}
 	}
+}
+
+func earliest(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // checkIdleLocked wakes a Close waiting for everything to be acknowledged.
@@ -314,8 +344,10 @@ func (s *Stream) handleSM(c *conn, start xml.StartElement, r xml.TokenReader) er
 	switch start.Name.Local {
 	case "r":
 		s.mu.Lock()
-		c.answer = true
 		c.since = time.Now()
+		if c.answerAt.IsZero() {
+			c.answerAt = c.since
+		}
 		s.mu.Unlock()
 		c.wake()
 	case "a":

@@ -74,8 +74,12 @@ func (r *sliceReader) Token() (xml.Token, error) {
 }
 
 // readElement reads the rest of the element that begins with start.
+//
+// encoding/xml hands out a fresh StartElement (names and attributes) for
+// every element, but character data lives in a buffer it reuses: only that
+// is copied.
 func readElement(r xml.TokenReader, start xml.StartElement) (*Element, error) {
-	e := &Element{Start: start.Copy()}
+	e := &Element{Start: start, Inner: make([]xml.Token, 0, 8)}
 	depth := 1
 	for depth > 0 {
 		tok, err := r.Token()
@@ -85,13 +89,17 @@ func readElement(r xml.TokenReader, start xml.StartElement) (*Element, error) {
 			}
 			return nil, err
 		}
-		switch tok.(type) {
+		switch t := tok.(type) {
 		case xml.StartElement:
 			depth++
 		case xml.EndElement:
 			depth--
+		case xml.CharData:
+			tok = t.Copy()
+		default:
+			tok = xml.CopyToken(tok)
 		}
-		e.Inner = append(e.Inner, xml.CopyToken(tok))
+		e.Inner = append(e.Inner, tok)
 	}
 	return e, nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
@@ -473,7 +474,15 @@ func (s *Stream) connect(ctx context.Context, prev *previous) (*conn, *negotiate
 	if err != nil {
 		return nil, nil, fmt.Errorf("stream: %w: %w", errDial, err)
 	}
+	// mellium watches ctx by setting a deadline in the past and clearing it
+	// at once, which a read already blocked can miss: close the connection
+	// when ctx ends, so that a server that stops answering cannot hold the
+	// negotiation (and Close) forever.
+	stop := context.AfterFunc(ctx, func() { nc.Close() })
 	n, err := negotiate(ctx, &s.cfg, nc, prev)
+	if !stop() && err == nil {
+		err = fmt.Errorf("%w: %w", net.ErrClosed, ctx.Err())
+	}
 	if err != nil {
 		nc.Close()
 		return nil, nil, fmt.Errorf("stream: negotiate: %w", err)

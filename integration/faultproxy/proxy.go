@@ -2,8 +2,10 @@
 // against a real server on loopback.
 //
 // A Proxy listens on 127.0.0.1, forwards each accepted connection to one
-// upstream server, and on demand cuts, stalls or half-stalls the live
-// connections: Cut, CutRaw, Stall, HoldServerToClient and CutEvery.
+// upstream server, and on demand breaks the live connections: Cut (a
+// stanza-safe cut), CutRaw (a reset of both legs), CutEvery (cuts at random
+// moments), CutMidStanza (a deliberate cut in the middle of a stanza), Stall
+// (a silent dead link) and HoldServerToClient (a one-way stall).
 //
 // # Stanza-safe cuts
 //
@@ -18,6 +20,12 @@
 // ends the server leg with a FIN right after the last complete element and
 // waits until the server has read it to the end, while the client sees its
 // connection reset and loses whatever it had in flight.
+//
+// Because of this, the server never receives part of an element from the
+// proxy (except from CutMidStanza, which exists to show what such a cut
+// does). CutRaw resets the server leg wherever the server's reading is: the
+// server is left in the middle of a stanza only if it had read part of one
+// when the reset arrived, which is likely only for large stanzas.
 //
 // # What it does not do
 //
@@ -51,8 +59,13 @@ const DefaultDrainTimeout = 5 * time.Second
 const dialTimeout = 10 * time.Second
 
 // Proxy forwards TCP connections from its listening address to an upstream
-// server and injects faults on request.
-// Its methods may be called from any goroutine.
+// server and injects faults on request. Create it with New; its methods may
+// be called from any goroutine.
+//
+// The proxy dials the server for each connection it accepts; if that fails,
+// the client's connection is reset. When either peer closes its side (a
+// FIN), the proxy passes the FIN on; once the client has closed its side,
+// the server has the drain timeout (see SetDrainTimeout) to close its own.
 type Proxy struct {
 	upstream string
 	ln       net.Listener
@@ -61,7 +74,7 @@ type Proxy struct {
 	wg       sync.WaitGroup // the accept loop and every connection goroutine
 
 	mu       sync.Mutex
-	cond     *sync.Cond // on mu: broadcast when any field below changes
+	cond     *sync.Cond // on mu: broadcast when stalled, held, draining, closed or a cut changes
 	conns    map[*conn]struct{}
 	total    int
 	stalled  bool
@@ -160,7 +173,9 @@ func (p *Proxy) Opaque() int {
 // Connections accepted during a Cut are held, neither read nor forwarded,
 // until every connection it cut is done. A server that does not close its
 // side within the drain timeout (see SetDrainTimeout) is given up on: its
-// leg is reset and Cut returns anyway.
+// leg is closed and Cut returns anyway, after at most about twice the drain
+// timeout. A Cut also waits for connections that another cut is already
+// ending.
 //
 // An opaque connection (see Opaque) is reset on both legs, as by CutRaw.
 func (p *Proxy) Cut() {
@@ -307,9 +322,9 @@ func (p *Proxy) ReleaseServerToClient() {
 // CutEvery cuts every live connection at random moments until ctx ends, and
 // returns the number of cuts. The time before each cut is drawn uniformly
 // from [minWait, maxWait], counted from the end of the previous cut;
-// minWait must be positive and maxWait at least minWait. If raw is true it uses CutRaw, otherwise Cut. rng may be
-// nil to use the global source; a *rand.Rand must not be shared with
-// goroutines that use it at the same time.
+// minWait must be positive and maxWait at least minWait. If raw is true it
+// uses CutRaw, otherwise Cut. rng may be nil to use the global source; a
+// *rand.Rand must not be used by other goroutines at the same time.
 func (p *Proxy) CutEvery(ctx context.Context, minWait, maxWait time.Duration, rng *rand.Rand, raw bool) int {
 	if minWait <= 0 || maxWait < minWait {
 		panic("faultproxy: CutEvery needs 0 < minWait <= maxWait")

@@ -56,15 +56,15 @@ type scanner struct {
 	quote  byte   // closing quote of the attribute value being read, or 0
 	slash  bool   // the last byte of the start tag outside quotes was '/'
 	qmark  bool   // the last byte of the declaration was '?'
-	name   []byte // start of the tag name (or declaration target) being read
+	name   []byte // first bytes of the tag name (or declaration target) being read
 	long   bool   // the name is longer than maxName
 	top    []byte // local name of the open child of the stream element
 	opaque bool
 	err    error
 
-	lt    int  // offset in held of the '<' that opened the current child
-	ended bool // the last byte stepped ended a child of the stream element
-	elem  [2]int
+	lt    int    // offset in held of the '<' that opened the current child
+	ended bool   // the last byte stepped ended a child of the stream element
+	elem  [2]int // offsets in held of the last child the last Feed completed, or -1
 }
 
 // Feed adds p to the bytes held and returns those of them that end at the

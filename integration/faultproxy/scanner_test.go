@@ -452,6 +452,9 @@ func FuzzScanner(f *testing.F) {
 			if !bytes.Equal(out, in[released:released+len(out)]) {
 				t.Fatalf("chunks of %d: released bytes are not the next bytes of the input", size)
 			}
+			if s, e, ok := csc.LastElement(); ok && (s < 0 || e > len(out) || s >= e || out[s] != '<' || out[e-1] != '>') {
+				t.Fatalf("chunks of %d: last element at [%d:%d] of %q", size, s, e, out)
+			}
 			released += len(out)
 			if want := lastBoundary(b, end); released != want {
 				t.Fatalf("chunks of %d: released %d bytes after %d, want %d", size, released, end, want)

@@ -265,7 +265,8 @@ type Conn struct {
 }
 
 // read hands every element the client writes to els until the stream or the
-// connection ends.
+// connection ends. When the client ends its stream with </stream:stream>,
+// the server does the same and closes the connection, as a server does.
 func (c *Conn) read() {
 	defer close(c.done)
 	defer close(c.els)
@@ -275,6 +276,11 @@ func (c *Conn) read() {
 		tok, err := r.Token()
 		if err != nil {
 			c.err = err
+			if err == io.EOF {
+				c.nc.SetWriteDeadline(time.Now().Add(Timeout))
+				c.sess.Conn().Write([]byte("</stream:stream>"))
+				c.nc.Close()
+			}
 			return
 		}
 		start, ok := tok.(xml.StartElement)
@@ -306,9 +312,8 @@ func (c *Conn) Next(t testing.TB) Element {
 	return Element{}
 }
 
-// Expect returns the next element and fails the test unless it is named
-// local, in the stream management namespace when local is one of its
-// elements, and otherwise in any namespace.
+// Expect returns the next element and fails the test unless its local name
+// is local (in any namespace).
 func (c *Conn) Expect(t testing.TB, local string) Element {
 	t.Helper()
 	el := c.Next(t)
@@ -336,15 +341,38 @@ func (c *Conn) Stanzas(t testing.TB, n int) []string {
 	return ids
 }
 
-// NoElement fails the test if the client writes an element within d.
-func (c *Conn) NoElement(t testing.TB, d time.Duration) {
+// NextOrEnd returns the next element the client wrote, or false when its
+// stream ended (see End for why). It fails the test when neither happens
+// within Timeout.
+func (c *Conn) NextOrEnd(t testing.TB) (Element, bool) {
 	t.Helper()
 	select {
 	case el, ok := <-c.els:
-		if ok {
-			t.Fatalf("fakeserver: conn %d: unexpected %s", c.n, el)
+		return el, ok
+	case <-time.After(Timeout):
+		t.Fatalf("fakeserver: conn %d: no element within %v", c.n, Timeout)
+	}
+	return Element{}, false
+}
+
+// NoStanza fails the test if the client writes a stanza within d; other
+// elements (<r/>, <a/>) are read and ignored.
+func (c *Conn) NoStanza(t testing.TB, d time.Duration) {
+	t.Helper()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		select {
+		case el, ok := <-c.els:
+			if !ok {
+				return
+			}
+			if el.IsStanza() {
+				t.Fatalf("fakeserver: conn %d: unexpected stanza %s", c.n, el)
+			}
+		case <-timer.C:
+			return
 		}
-	case <-time.After(d):
 	}
 }
 
@@ -380,8 +408,9 @@ func (c *Conn) Reset() {
 func (c *Conn) Close() { c.nc.Close() }
 
 // End waits until the client's stream ends and returns why reading ended:
-// io.EOF after </stream:stream>, a stream.Error after a stream error, or the
-// connection's error. Elements not yet read are discarded.
+// io.EOF after </stream:stream> (which the server has answered in kind), a
+// stream.Error after a stream error, or the connection's error. Elements not
+// yet read are discarded.
 func (c *Conn) End(t testing.TB) error {
 	t.Helper()
 	timer := time.NewTimer(Timeout)

@@ -1,0 +1,369 @@
+// Command e2e is the end-to-end benchmark: it starts the project's Prosody
+// (stream management and the MUC archive on, as in the tests), and runs,
+// interleaved, the xmpptrack command ("xmpptrack muc -json") and the raw
+// baseline client (bench/raw) against it, each in its own process so that
+// CPU time and peak memory are per client and comparable. Every
+// configuration (window 10, and all messages at once) is repeated; the
+// table shows the median of the repetitions and the ratios xmpptrack/raw.
+//
+// Usage:
+//
+//	go run ./bench/e2e [-n 2000] [-reps 5] [-windows 10,0] [-o results.json] [-profile DIR]
+//
+// With -profile, one more xmpptrack run per window writes a CPU profile to
+// DIR.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/xmpptrack/xmpptrack/bench/internal/report"
+	"github.com/xmpptrack/xmpptrack/integration/prosody"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// Clients under test.
+const (
+	xmpptrack = "xmpptrack"
+	raw       = "raw"
+)
+
+// Sample is one run of one client.
+type Sample struct {
+	Client string         `json:"client"`
+	Window int            `json:"window"`
+	Rep    int            `json:"rep"`
+	Report report.Summary `json:"summary"`
+	// CPUMicrosPerMsg is the child's whole user and system CPU time
+	// (getrusage of the child, login included) divided by the messages.
+	CPUMicrosPerMsg float64 `json:"process_cpu_us_per_msg"`
+	MaxRSSKiB       int64   `json:"max_rss_kib"`
+	WallSeconds     float64 `json:"wall_s"`
+	// ServerCPUMicrosPerMsg is Prosody's CPU time during the run (login
+	// included) divided by the messages.
+	ServerCPUMicrosPerMsg float64 `json:"server_cpu_us_per_msg"`
+}
+
+// Row is the median of one client's samples in one configuration.
+type Row struct {
+	Client          string  `json:"client"`
+	Window          int     `json:"window"`
+	Samples         int     `json:"samples"`
+	MsgsPerS        float64 `json:"msgs_per_s"`
+	P50Ms           float64 `json:"p50_ms"`
+	P99Ms           float64 `json:"p99_ms"`
+	CPUMicrosPerMsg float64 `json:"process_cpu_us_per_msg"`
+	RunCPUMicros    float64 `json:"run_cpu_us_per_msg"`
+	MaxRSSMiB       float64 `json:"max_rss_mib"`
+	ServerCPU       float64 `json:"server_cpu_us_per_msg"`
+}
+
+// Ratio compares xmpptrack with raw in one configuration.
+type Ratio struct {
+	Window     int     `json:"window"`
+	Throughput float64 `json:"throughput"`
+	P50        float64 `json:"p50"`
+	P99        float64 `json:"p99"`
+	CPU        float64 `json:"cpu"`
+	RSS        float64 `json:"rss"`
+}
+
+// Results is the JSON output.
+type Results struct {
+	Date    time.Time `json:"date"`
+	Machine string    `json:"machine"`
+	N       int       `json:"n"`
+	Reps    int       `json:"reps"`
+	Rows    []Row     `json:"rows"`
+	Ratios  []Ratio   `json:"ratios"`
+	Samples []Sample  `json:"samples"`
+}
+
+func run(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("e2e", flag.ContinueOnError)
+	n := fs.Int("n", 2000, "messages per run")
+	reps := fs.Int("reps", 5, "repetitions of each configuration")
+	windowList := fs.String("windows", "10,0", "windows to run, comma-separated (0: all at once)")
+	outFile := fs.String("o", "", "also write the results as JSON to `FILE`")
+	profile := fs.String("profile", "", "write CPU profiles of one more xmpptrack run per window to `DIR`")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var windows []int
+	for _, w := range strings.Split(*windowList, ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(w))
+		if err != nil || v < 0 {
+			return fmt.Errorf("-windows: bad window %q", w)
+		}
+		windows = append(windows, v)
+	}
+
+	bin, err := os.MkdirTemp("", "xmpptrack-e2e-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(bin)
+	bins := map[string]string{
+		xmpptrack: filepath.Join(bin, "xmpptrack"),
+		raw:       filepath.Join(bin, "raw"),
+	}
+	for name, pkg := range map[string]string{xmpptrack: "./cmd/xmpptrack", raw: "./bench/raw"} {
+		if out, err := exec.Command(goTool(), "build", "-o", bins[name], pkg).CombinedOutput(); err != nil {
+			return fmt.Errorf("building %s: %w\n%s", pkg, err, out)
+		}
+	}
+
+	const password = "bench-secret"
+	ctx, cancel := context.WithTimeout(context.Background(), prosody.StartTimeout)
+	srv, err := prosody.Start(ctx, prosody.Options{Users: map[string]string{xmpptrack: password, raw: password}})
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer srv.Stop()
+
+	pid := serverPID(srv.ConfigPath())
+	common := func(client, room string, window int) []string {
+		return []string{"-addr", srv.Addr(), "-ca", srv.CAFile(), "-jid", srv.JID(client).String(),
+			"-password", password, "-room", room + "@" + srv.MUCDomain(),
+			"-n", strconv.Itoa(*n), "-window", strconv.Itoa(window)}
+	}
+	runOne := func(client string, window, rep int, extra ...string) (Sample, error) {
+		room := fmt.Sprintf("bench-%s-w%d-r%d", client, window, rep)
+		args := common(client, room, window)
+		if client == xmpptrack {
+			args = append([]string{"muc", "-json"}, args...)
+		}
+		cpu0 := processCPU(pid)
+		s, err := measure(bins[client], append(args, extra...), client, window, rep, *n)
+		if pid > 0 {
+			s.ServerCPUMicrosPerMsg = report.Round(float64((processCPU(pid)-cpu0).Microseconds())/float64(*n), 1)
+		}
+		return s, err
+	}
+
+	fmt.Fprintf(stdout, "e2e: %d messages per run, %d repetitions, windows %v, Prosody at %s\n", *n, *reps, windows, srv.Addr())
+	var samples []Sample
+	for rep := range *reps {
+		for _, w := range windows {
+			order := []string{xmpptrack, raw}
+			if rep%2 == 1 {
+				order = []string{raw, xmpptrack}
+			}
+			for _, client := range order {
+				s, err := runOne(client, w, rep)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(stdout, "  rep %d window %-4s %-9s %8.1f msg/s  p50 %7.2f ms  p99 %7.2f ms  cpu %6.1f µs/msg  rss %5.1f MiB  server cpu %6.1f µs/msg\n",
+					rep+1, windowName(w), client, s.Report.MsgsPerS, s.Report.P50Ms, s.Report.P99Ms, s.CPUMicrosPerMsg, float64(s.MaxRSSKiB)/1024, s.ServerCPUMicrosPerMsg)
+				samples = append(samples, s)
+			}
+		}
+	}
+
+	res := Results{Date: time.Now().UTC(), Machine: machine(), N: *n, Reps: *reps, Samples: samples}
+	for _, w := range windows {
+		var pair [2]Row
+		for i, client := range []string{xmpptrack, raw} {
+			pair[i] = median(samples, client, w)
+			res.Rows = append(res.Rows, pair[i])
+		}
+		x, r := pair[0], pair[1]
+		res.Ratios = append(res.Ratios, Ratio{
+			Window:     w,
+			Throughput: ratio(x.MsgsPerS, r.MsgsPerS),
+			P50:        ratio(x.P50Ms, r.P50Ms),
+			P99:        ratio(x.P99Ms, r.P99Ms),
+			CPU:        ratio(x.CPUMicrosPerMsg, r.CPUMicrosPerMsg),
+			RSS:        ratio(x.MaxRSSMiB, r.MaxRSSMiB),
+		})
+	}
+	fmt.Fprintln(stdout)
+	fmt.Fprint(stdout, table(res))
+
+	if *profile != "" {
+		if err := os.MkdirAll(*profile, 0o755); err != nil {
+			return err
+		}
+		for _, w := range windows {
+			path, err := filepath.Abs(filepath.Join(*profile, fmt.Sprintf("xmpptrack-w%s.pprof", windowName(w))))
+			if err != nil {
+				return err
+			}
+			if _, err := runOne(xmpptrack, w, 99, "-cpuprofile", path); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "CPU profile: %s (go tool pprof -top %s)\n", path, path)
+		}
+	}
+	if *outFile != "" {
+		b, err := json.MarshalIndent(res, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(*outFile, append(b, '\n'), 0o644); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "results written to %s\n", *outFile)
+	}
+	return nil
+}
+
+// measure runs one client process and reads its summary and resource use.
+func measure(bin string, args []string, client string, window, rep, n int) (Sample, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	err := cmd.Run()
+	wall := time.Since(start)
+	if err != nil {
+		return Sample{}, fmt.Errorf("%s (window %d): %w: %s", client, window, err, strings.TrimSpace(stderr.String()))
+	}
+	s := Sample{Client: client, Window: window, Rep: rep, WallSeconds: wall.Seconds()}
+	lines, found := 0, false
+	sc := bufio.NewScanner(&stdout)
+	for sc.Scan() {
+		var l report.Line
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			return s, fmt.Errorf("%s: bad line %q: %w", client, sc.Text(), err)
+		}
+		if l.Summary != nil {
+			s.Report, found = *l.Summary, true
+			continue
+		}
+		lines++
+	}
+	if !found || lines != n || s.Report.Sent != n || s.Report.States[report.Delivered] != n {
+		return s, fmt.Errorf("%s (window %d): %d message lines, summary %+v: not every message delivered", client, window, lines, s.Report)
+	}
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+		s.CPUMicrosPerMsg = report.Round(float64(cpu.Microseconds())/float64(n), 2)
+		s.MaxRSSKiB = maxRSSKiB(ru)
+	}
+	return s, nil
+}
+
+// median returns the median of each figure over client's samples in window.
+func median(samples []Sample, client string, window int) Row {
+	var rate, p50, p99, cpu, runCPU, rss, server []float64
+	for _, s := range samples {
+		if s.Client != client || s.Window != window {
+			continue
+		}
+		rate = append(rate, s.Report.MsgsPerS)
+		p50 = append(p50, s.Report.P50Ms)
+		p99 = append(p99, s.Report.P99Ms)
+		cpu = append(cpu, s.CPUMicrosPerMsg)
+		runCPU = append(runCPU, s.Report.CPUMicrosPerMsg)
+		rss = append(rss, float64(s.MaxRSSKiB)/1024)
+		server = append(server, s.ServerCPUMicrosPerMsg)
+	}
+	return Row{
+		Client: client, Window: window, Samples: len(rate),
+		MsgsPerS: mid(rate), P50Ms: mid(p50), P99Ms: mid(p99),
+		CPUMicrosPerMsg: mid(cpu), RunCPUMicros: mid(runCPU), MaxRSSMiB: report.Round(mid(rss), 1),
+		ServerCPU: mid(server),
+	}
+}
+
+func mid(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	v = slices.Clone(v)
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return report.Round((v[len(v)/2-1]+v[len(v)/2])/2, 3)
+}
+
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return report.Round(a/b, 2)
+}
+
+func windowName(w int) string {
+	if w == 0 {
+		return "all"
+	}
+	return strconv.Itoa(w)
+}
+
+// table formats the medians and ratios as a Markdown table.
+func table(r Results) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Medians of %d runs of %d messages each (%s).\n\n", r.Reps, r.N, r.Machine)
+	b.WriteString("| client | window | msgs/s | p50 ms | p99 ms | CPU µs/msg (process) | CPU µs/msg (run) | peak RSS MiB | Prosody CPU µs/msg |\n")
+	b.WriteString("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	for _, row := range r.Rows {
+		fmt.Fprintf(&b, "| %s | %s | %.0f | %.2f | %.2f | %.1f | %.1f | %.1f | %.0f |\n",
+			row.Client, windowName(row.Window), row.MsgsPerS, row.P50Ms, row.P99Ms, row.CPUMicrosPerMsg, row.RunCPUMicros, row.MaxRSSMiB, row.ServerCPU)
+	}
+	b.WriteString("\n| xmpptrack / raw | throughput | p50 | p99 | CPU | peak RSS |\n")
+	b.WriteString("| --- | ---: | ---: | ---: | ---: | ---: |\n")
+	for _, q := range r.Ratios {
+		fmt.Fprintf(&b, "| window %s | %.2fx | %.2fx | %.2fx | %.2fx | %.2fx |\n",
+			windowName(q.Window), q.Throughput, q.P50, q.P99, q.CPU, q.RSS)
+	}
+	return b.String()
+}
+
+// machine describes the machine in a few words.
+func machine() string {
+	s := fmt.Sprintf("%s/%s, %d CPUs", runtime.GOOS, runtime.GOARCH, runtime.NumCPU())
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				s += ", " + strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	return s
+}
+
+// goTool returns the go command to build with.
+func goTool() string {
+	if g := os.Getenv("GO"); g != "" {
+		return g
+	}
+	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
+		return p
+	}
+	return "go"
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return !errors.Is(err, os.ErrNotExist)
+}

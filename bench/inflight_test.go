@@ -1,0 +1,116 @@
+package bench
+
+import (
+	"context"
+	"runtime"
+	"strconv"
+	"testing"
+	"time"
+
+	"mellium.im/sasl"
+	"mellium.im/xmpp/jid"
+
+	"github.com/xmpptrack/xmpptrack/bench/internal/sink"
+	"github.com/xmpptrack/xmpptrack/muc"
+	"github.com/xmpptrack/xmpptrack/stream"
+	"github.com/xmpptrack/xmpptrack/tracking"
+)
+
+// inFlight is how many tracked messages BenchmarkInFlight holds in flight.
+const inFlight = 100_000
+
+// BenchmarkInFlight measures the memory each tracked groupchat message costs
+// while it is in flight: the stanza kept for resending, its stream token,
+// the tracker with its timer and observer, and the room's index entries. It
+// sends inFlight messages to the sink server, which never acknowledges nor
+// reflects them, and reports the growth of the live heap per message
+// (B/msg). Run it with -benchtime 1x: each iteration is a whole measurement.
+func BenchmarkInFlight(b *testing.B) {
+	for b.Loop() {
+		perMsg := measureInFlight(b, inFlight)
+		b.ReportMetric(perMsg, "B/msg")
+	}
+}
+
+// TestInFlight checks the measurement on a few messages, so that the
+// benchmark stays runnable.
+func TestInFlight(t *testing.T) {
+	if perMsg := measureInFlight(t, 1000); perMsg <= 0 {
+		t.Fatalf("%v bytes per message in flight", perMsg)
+	}
+}
+
+func measureInFlight(tb testing.TB, n int) float64 {
+	srv, err := sink.Listen()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	s, err := stream.Dial(ctx, stream.Config{
+		JID:            jid.MustParse("bench@sink.localhost"),
+		Password:       "any",
+		Dial:           srv.Dial,
+		AllowPlaintext: true,
+		Mechanisms:     []sasl.Mechanism{sasl.Plain},
+		MaxUnacked:     2 * n,
+		QueueSize:      2 * n,
+		AckTimeout:     time.Hour,
+		KeepAlive:      time.Hour,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer func() {
+		closeCtx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		s.Close(closeCtx)
+	}()
+	c := muc.NewClient(s, muc.WithTimeout(time.Hour))
+	defer c.Close()
+	room, err := c.Join(ctx, jid.MustParse("bench@conference.sink.localhost"), "bench")
+	if err != nil {
+		tb.Fatal(err)
+	}
+
+	trackers := make([]*tracking.MessageTracker, n)
+	before := liveHeap()
+	for i := range trackers {
+		trackers[i], err = room.SendTrackedMessage(ctx, "message "+strconv.Itoa(i))
+		if err != nil {
+			tb.Fatal(err)
+		}
+	}
+	// Wait until the stream has written them all: each is then held only
+	// for resending, as it would be while awaiting its reflection.
+	for s.Stats().Queued > 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	after := liveHeap()
+	if st := s.Stats(); st.Unacked < n {
+		tb.Fatalf("%d stanzas unacknowledged, want at least %d", st.Unacked, n)
+	}
+	if byOrigin, byID := room.Pending(); byOrigin != n || byID != n {
+		tb.Fatalf("room holds %d/%d pending messages, want %d", byOrigin, byID, n)
+	}
+	for _, tr := range trackers {
+		if st := tr.State(); st != tracking.InTransit {
+			tb.Fatalf("tracker in %v, want IN_TRANSIT", st)
+		}
+	}
+	runtime.KeepAlive(trackers)
+	perMsg := float64(after-before) / float64(n)
+	tb.Logf("%d messages in flight: live heap grew by %d bytes, %.0f bytes (%.2f KiB) per message",
+		n, after-before, perMsg, perMsg/1024)
+	return perMsg
+}
+
+// liveHeap returns the bytes of live heap objects after a full collection.
+func liveHeap() int64 {
+	var m runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc)
+}

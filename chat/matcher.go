@@ -1,0 +1,452 @@
+package chat
+
+import (
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/stanza"
+
+	xstanza "github.com/xmpptrack/xmpptrack/stanza"
+	"github.com/xmpptrack/xmpptrack/stream"
+	"github.com/xmpptrack/xmpptrack/tracking"
+)
+
+// A Matcher matches receipts, chat markers and error replies to tracked
+// messages (see the package documentation for the rules). A Client sends
+// messages and feeds its Matcher the stanzas of its stream; a Matcher alone
+// serves messages sent by other means, or stanzas read from elsewhere.
+type Matcher struct {
+	limit int
+
+	// mu guards every field below, and the entries and peers they hold.
+	mu     sync.Mutex
+	byID   map[string]*entry
+	peers  map[string]*peer // by address as sent
+	closed bool
+	// to caches the last parsed to of a matched stanza (our own address).
+	to jidCache
+}
+
+// jidCache holds the last JID parsed from a string: parsing normalizes the
+// JID (PRECIS), which costs more than all the rest of matching, and the
+// same few addresses come back again and again.
+type jidCache struct {
+	s string
+	j jid.JID
+}
+
+func (c *jidCache) parse(s string) jid.JID {
+	if s != c.s || s == "" {
+		j, err := jid.Parse(s)
+		if err != nil {
+			return jid.JID{}
+		}
+		c.s, c.j = s, j
+	}
+	return c.j
+}
+
+// entry is one tracked message. It is linked into its peer's lists while it
+// is remembered; peer is nil once it is forgotten.
+type entry struct {
+	t    *tracking.MessageTracker
+	id   string
+	peer *peer
+
+	prev, next *entry // the peer's messages, in the order they were tracked
+
+	delivered    bool
+	dprev, dnext *entry // the peer's delivered messages, oldest first
+}
+
+// peer is the address messages were sent to, as written in their to, and
+// its remembered messages.
+type peer struct {
+	addr   string // bare or full JID, normalized
+	full   bool
+	bare   string // the bare JID of addr
+	domain string
+
+	head, tail   *entry
+	n            int
+	dhead, dtail *entry
+	nd           int
+
+	from jidCache // the last sender of a matched stanza
+}
+
+// NewMatcher returns an empty Matcher. Of the options only WithUnseenLimit
+// applies to it.
+func NewMatcher(opts ...Option) *Matcher {
+	return newMatcher(newConfig(opts))
+}
+
+func newMatcher(cfg config) *Matcher {
+	return &Matcher{
+		limit: cfg.unseenLimit,
+		byID:  make(map[string]*entry),
+		peers: make(map[string]*peer),
+	}
+}
+
+// Track remembers that the message with id, sent to to, is followed by t, so
+// that receipts, markers and errors for it move t. The message is forgotten
+// when t becomes final. Track fails on an empty id or address, an id already
+// tracked (ErrDuplicateID), or a closed Matcher (ErrClosed).
+func (m *Matcher) Track(to jid.JID, id string, t *tracking.MessageTracker) error {
+	switch {
+	case t == nil:
+		return errors.New("chat: track: nil tracker")
+	case id == "":
+		return errors.New("chat: track: empty id")
+	case to.Domainpart() == "":
+		return fmt.Errorf("chat: track %q: no address", id)
+	}
+	e := &entry{t: t, id: id}
+	addr := to.String()
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return fmt.Errorf("chat: track %q: %w", id, ErrClosed)
+	}
+	if _, dup := m.byID[id]; dup {
+		m.mu.Unlock()
+		return fmt.Errorf("chat: track %q: %w", id, ErrDuplicateID)
+	}
+	p := m.peers[addr]
+	if p == nil {
+		p = &peer{
+			addr:   addr,
+			full:   to.Resourcepart() != "",
+			bare:   to.Bare().String(),
+			domain: to.Domainpart(),
+		}
+		m.peers[addr] = p
+	}
+	e.peer = p
+	e.prev = p.tail
+	if p.tail != nil {
+		p.tail.next = e
+	} else {
+		p.head = e
+	}
+	p.tail = e
+	p.n++
+	m.byID[id] = e
+	m.mu.Unlock()
+	// Forget the message as soon as nothing can change its tracker.
+	t.OnChange(func(c tracking.Change) {
+		if c.To.IsFinal() {
+			m.forget(e)
+		}
+	})
+	return nil
+}
+
+// Pending returns how many messages are remembered, and for how many
+// distinct addresses. Both are zero when no tracker awaits anything.
+func (m *Matcher) Pending() (messages, peers int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.byID), len(m.peers)
+}
+
+// Close ends every remembered tracker CLOSED and makes Track fail from then
+// on. Handle still accepts stanzas, and changes nothing.
+func (m *Matcher) Close() {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return
+	}
+	m.closed = true
+	ts := make([]*tracking.MessageTracker, 0, len(m.byID))
+	for _, e := range m.byID {
+		ts = append(ts, e.t)
+		e.peer, e.prev, e.next, e.dprev, e.dnext = nil, nil, nil, nil, nil
+	}
+	clear(m.byID)
+	clear(m.peers)
+	m.mu.Unlock()
+	for _, t := range ts {
+		// A tracker that became final meanwhile refuses; that is fine.
+		_ = t.Close()
+	}
+}
+
+func (m *Matcher) forget(e *entry) {
+	m.mu.Lock()
+	m.unlinkLocked(e)
+	m.mu.Unlock()
+}
+
+// unlinkLocked forgets e, and its peer when e was the peer's last message.
+func (m *Matcher) unlinkLocked(e *entry) {
+	p := e.peer
+	if p == nil {
+		return
+	}
+	if e.prev != nil {
+		e.prev.next = e.next
+	} else {
+		p.head = e.next
+	}
+	if e.next != nil {
+		e.next.prev = e.prev
+	} else {
+		p.tail = e.prev
+	}
+	p.n--
+	if e.delivered {
+		if e.dprev != nil {
+			e.dprev.dnext = e.dnext
+		} else {
+			p.dhead = e.dnext
+		}
+		if e.dnext != nil {
+			e.dnext.dprev = e.dprev
+		} else {
+			p.dtail = e.dprev
+		}
+		p.nd--
+	}
+	e.peer, e.prev, e.next, e.dprev, e.dnext = nil, nil, nil, nil, nil
+	if m.byID[e.id] == e {
+		delete(m.byID, e.id)
+	}
+	if p.n == 0 && m.peers[p.addr] == p {
+		delete(m.peers, p.addr)
+	}
+}
+
+// deliveredLocked records that e was delivered and forgets the peer's oldest
+// delivered message when there are more than the limit.
+func (m *Matcher) deliveredLocked(e *entry) {
+	if e.delivered {
+		return
+	}
+	p := e.peer
+	e.delivered = true
+	e.dprev = p.dtail
+	if p.dtail != nil {
+		p.dtail.dnext = e
+	} else {
+		p.dhead = e
+	}
+	p.dtail = e
+	p.nd++
+	if m.limit > 0 && p.nd > m.limit {
+		m.unlinkLocked(p.dhead)
+	}
+}
+
+// kind is what a receipt or marker says about a message.
+type kind uint8
+
+const (
+	received  kind = iota // a XEP-0184 receipt or a XEP-0333 received marker
+	displayed             // a XEP-0333 displayed or acknowledged marker
+)
+
+type marker struct {
+	kind kind
+	id   string
+}
+
+// move is a transition decided under the lock and made after it.
+type move struct {
+	t  *tracking.MessageTracker
+	to tracking.MessageState
+}
+
+// Handle matches one inbound stanza: a message carrying receipts or chat
+// markers, or an error reply. Other stanzas are ignored. The observers of
+// the trackers it moves run on the calling goroutine (unless another
+// goroutine is already notifying them).
+func (m *Matcher) Handle(el *stream.Element) {
+	if el == nil || el.Start.Name.Local != "message" {
+		return
+	}
+	from := xstanza.Attr(el.Start, "from")
+	if from == "" {
+		// From our own account or its server: never the addressee's answer.
+		return
+	}
+	if xstanza.Attr(el.Start, "type") == "error" {
+		m.handleError(el, from)
+		return
+	}
+	var buf [4]marker
+	ms := readMarkers(el, buf[:0])
+	if len(ms) == 0 {
+		return
+	}
+	var mbuf [4]move
+	moves := mbuf[:0]
+	var hdr stanza.Message
+	m.mu.Lock()
+	for _, mk := range ms {
+		e := m.byID[mk.id]
+		if e == nil || !e.peer.accepts(from) {
+			continue
+		}
+		if len(moves) == 0 {
+			hdr = m.headerLocked(el.Start, e.peer, from)
+		}
+		switch mk.kind {
+		case received:
+			m.deliveredLocked(e)
+			moves = append(moves, move{e.t, tracking.DeliveredToRecipient})
+		case displayed:
+			// Everything up to e was displayed: pop it all, oldest first.
+			p := e.peer
+			for q := p.head; q != nil; {
+				next := q.next
+				m.unlinkLocked(q)
+				moves = append(moves, move{q.t, tracking.SeenByRecipient})
+				if q == e {
+					break
+				}
+				q = next
+			}
+		}
+	}
+	m.mu.Unlock()
+	if len(moves) == 0 {
+		return
+	}
+	resp := &tracking.Response{Message: hdr}
+	for _, mv := range moves {
+		// A rejected transition (a receipt after a timeout, a second
+		// receipt) changes nothing, which is what we want.
+		_ = mv.t.Transition(mv.to, resp)
+	}
+}
+
+func (m *Matcher) handleError(el *stream.Element, from string) {
+	id := xstanza.Attr(el.Start, "id")
+	if id == "" {
+		return
+	}
+	m.mu.Lock()
+	e := m.byID[id]
+	if e == nil || !e.peer.acceptsError(from) {
+		m.mu.Unlock()
+		return
+	}
+	t := e.t
+	hdr := m.headerLocked(el.Start, e.peer, from)
+	m.mu.Unlock()
+	se, ok := xstanza.Error(el.Inner)
+	if !ok {
+		se = &stanza.Error{Type: stanza.Cancel, Condition: stanza.UndefinedCondition}
+	}
+	// Once the message is delivered to the recipient the tracker refuses
+	// the error and the message stays remembered for its marker; otherwise
+	// the tracker becomes final and its observer forgets the message.
+	_ = t.Transition(tracking.Error, &tracking.Response{Message: hdr, Error: se})
+}
+
+// readMarkers appends the receipts and markers among the direct children of
+// el to ms.
+func readMarkers(el *stream.Element, ms []marker) []marker {
+	depth := 0
+	for _, tok := range el.Inner {
+		switch t := tok.(type) {
+		case xml.StartElement:
+			depth++
+			if depth != 1 {
+				continue
+			}
+			switch t.Name.Space {
+			case NSReceipts:
+				if t.Name.Local != "received" {
+					continue
+				}
+				id := xstanza.Attr(t, "id")
+				if id == "" {
+					// XEP-0184 1.0: the receipt carries the message's id.
+					id = xstanza.Attr(el.Start, "id")
+				}
+				if id != "" {
+					ms = append(ms, marker{received, id})
+				}
+			case NSMarkers:
+				var k kind
+				switch t.Name.Local {
+				case "received":
+					k = received
+				case "displayed", "acknowledged":
+					k = displayed
+				default:
+					continue
+				}
+				if id := xstanza.Attr(t, "id"); id != "" {
+					ms = append(ms, marker{k, id})
+				}
+			}
+		case xml.EndElement:
+			depth--
+		}
+	}
+	return ms
+}
+
+// accepts reports whether from may answer a message sent to p: any resource
+// of p's bare JID (or the bare JID) when p is bare, exactly p when p is
+// full.
+func (p *peer) accepts(from string) bool {
+	if p.full {
+		if from == p.addr {
+			return true
+		}
+	} else if bareOf(from) == p.addr {
+		return true
+	}
+	// The server may write the address in another form (case): compare
+	// the normalized JIDs.
+	j, err := jid.Parse(from)
+	if err != nil {
+		return false
+	}
+	if p.full {
+		return j.String() == p.addr
+	}
+	return j.Bare().String() == p.addr
+}
+
+// acceptsError reports whether an error reply from from may be about a
+// message sent to p: from the addressee, its bare JID, or its server.
+func (p *peer) acceptsError(from string) bool {
+	if from == p.bare || from == p.domain || p.accepts(from) {
+		return true
+	}
+	j, err := jid.Parse(from)
+	if err != nil {
+		return false
+	}
+	s := j.String()
+	return s == p.bare || s == p.domain
+}
+
+func bareOf(s string) string {
+	if i := strings.IndexByte(s, '/'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+// headerLocked returns the top-level attributes of a stanza from from,
+// matched to a message sent to p.
+func (m *Matcher) headerLocked(start xml.StartElement, p *peer, from string) stanza.Message {
+	return stanza.Message{
+		ID:   xstanza.Attr(start, "id"),
+		Type: stanza.MessageType(xstanza.Attr(start, "type")),
+		From: p.from.parse(from),
+		To:   m.to.parse(xstanza.Attr(start, "to")),
+	}
+}

@@ -1,0 +1,107 @@
+// Command xmpptrack sends tracked XMPP messages and reports, for each one,
+// how far it truthfully got.
+//
+// Usage:
+//
+//	xmpptrack muc [flags]    send tracked messages to a Multi-User Chat room
+//	xmpptrack demo [flags]   a guided tour against a local server (make demo)
+//
+// "xmpptrack muc" logs in, joins a room and sends -n messages with at most
+// -window of them awaiting their outcome at once. A message's outcome is the
+// first of DELIVERED_TO_RECIPIENT (the room reflected it back) or a final
+// state (ERROR, TIMED_OUT, CLOSED, ABORTED). It exits with status 0 if and
+// only if every message was DELIVERED_TO_RECIPIENT.
+//
+// With -json it writes one JSON object per line to standard output: one per
+// message, at its outcome, in the order outcomes happen,
+//
+//	{"index":0,"id":"…","state":"DELIVERED_TO_RECIPIENT","latency_ms":1.8}
+//
+// then one summary line
+//
+//	{"summary":{"sent":50,"states":{"DELIVERED_TO_RECIPIENT":50},"msgs_per_s":2900.1,"p50_ms":2.1,"p99_ms":6.3,"cpu_us_per_msg":21.4,"resumptions":0}}
+//
+// Without -json it shows a live status line on a terminal, and plain lines
+// (one per outcome) otherwise, then a summary table. Run "xmpptrack muc -h"
+// for the flags.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+)
+
+// Exit statuses.
+const (
+	exitOK    = 0
+	exitFail  = 1 // the run failed, or not every message was delivered
+	exitUsage = 2 // bad command line
+)
+
+func main() {
+	os.Exit(runMain(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// usageError is a bad command line; its text is one line.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func runMain(args []string, stdout, stderr io.Writer) int {
+	err := dispatch(args, stdout, stderr)
+	var ue usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, errHelp):
+		return exitOK
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "xmpptrack: %v\n", err)
+		return exitUsage
+	default:
+		fmt.Fprintf(stderr, "xmpptrack: %v\n", oneLine(err.Error()))
+		return exitFail
+	}
+}
+
+const usage = `usage: xmpptrack <command> [flags]
+
+Commands:
+  muc    send tracked messages to a Multi-User Chat room
+  demo   a guided tour against a local server (see "make demo")
+
+Run "xmpptrack <command> -h" for a command's flags.
+`
+
+func dispatch(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usageError{"no command given (want muc or demo; see xmpptrack -h)"}
+	}
+	switch args[0] {
+	case "muc":
+		return mucCommand(args[1:], stdout, stderr)
+	case "demo":
+		return demoCommand(args[1:], stdout, stderr)
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return errHelp
+	}
+	return usageError{fmt.Sprintf("unknown command %q (want muc or demo)", args[0])}
+}
+
+// oneLine joins the lines of a message, so that every error is one line.
+func oneLine(s string) string {
+	out := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '\n':
+			out = append(out, "; "...)
+		case '\r':
+		default:
+			out = append(out, s[i])
+		}
+	}
+	return string(out)
+}

@@ -1,0 +1,13 @@
+package stream
+
+// SetCounts starts the stream management counters of s at the given values,
+// so that tests can cross the 32-bit wrap without sending four billion
+// stanzas: out is the number of stanzas sent (and acknowledged, as nothing is
+// outstanding yet), in the number of stanzas received. Call it right after
+// Dial, before anything is sent.
+func SetCounts(s *Stream, out, in uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.out.SetCounts(out)
+	s.in = in
+}
