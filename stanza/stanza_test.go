@@ -4,6 +4,8 @@ import (
 	"encoding/xml"
 	"strings"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 func TestValidText(t *testing.T) {
@@ -50,11 +52,7 @@ func TestReadIDs(t *testing.T) {
 		`<origin-id xmlns='urn:xmpp:sid:0' id='o1'/>` +
 		`<stanza-id xmlns='urn:xmpp:sid:0' id='s1' by='room@muc'/></message>`
 	start, inner := tokens(t, msg)
-	got := ReadIDs(start, inner)
-	want := IDs{ID: "m1", OriginID: "o1", StanzaID: "s1", StanzaIDBy: "room@muc"}
-	if got != want {
-		t.Fatalf("ReadIDs = %+v, want %+v", got, want)
-	}
+	require.Equal(t, IDs{ID: "m1", OriginID: "o1", StanzaID: "s1", StanzaIDBy: "room@muc"}, ReadIDs(start, inner))
 }
 
 func TestError(t *testing.T) {
