@@ -11,12 +11,35 @@ type benchItem struct {
 }
 
 // BenchmarkAck measures the cost of acknowledging one stanza with 1k, 10k
-// and 100k stanzas unacknowledged, acknowledging one at a time (step=1) and
-// the whole queue at once (step=all). The ns/stanza figure must not grow with
-// the depth: an acknowledgement costs O(1) per stanza.
+// and 100k stanzas unacknowledged, three ways:
+//
+//   - steady: the queue stays at its depth; each operation sends one stanza
+//     and acknowledges the oldest (the send is timed with it);
+//   - step=1: the queue is filled (untimed) and drained one <a/> per stanza;
+//   - step=all: the queue is filled (untimed) and drained by one <a/>.
+//
+// ns/stanza is the time per acknowledged stanza. It must not grow with the
+// depth: an acknowledgement costs O(1) per stanza. (Draining a queue that was
+// just filled touches memory the cache no longer holds, which shows at 100k;
+// the steady state shows the algorithm alone.)
 func BenchmarkAck(b *testing.B) {
 	item := &benchItem{b: []byte("<message/>"), id: "x"}
 	for _, depth := range []int{1000, 10000, 100000} {
+		b.Run(fmt.Sprintf("unacked=%dk/steady", depth/1000), func(b *testing.B) {
+			var o Outbound[*benchItem]
+			for o.Len() < depth {
+				o.Sent(item)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				o.Sent(item)
+				if _, err := o.Ack(o.AckedCount()+1, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N), "ns/stanza")
+		})
 		for _, step := range []int{1, 0} {
 			name := fmt.Sprintf("unacked=%dk/step=", depth/1000)
 			if step == 0 {

@@ -345,7 +345,7 @@ func (s *Stream) handleSM(c *conn, start xml.StartElement, r xml.TokenReader) er
 	case "r":
 		s.mu.Lock()
 		c.since = time.Now()
-		if c.answerAt.IsZero() {
+		if s.smOn && c.answerAt.IsZero() {
 			c.answerAt = c.since
 		}
 		s.mu.Unlock()

@@ -443,7 +443,7 @@ func (s *Stream) reconnect(lost time.Time, resume bool, cause error) (*conn, err
 		s.stats.Connections++
 		at.Outcome = ev.Kind.String()
 		if n.refused != nil {
-			at.Err = n.refused
+			at.Err = *n.refused
 		}
 		s.recordLocked(at)
 		s.mu.Unlock()
@@ -538,7 +538,7 @@ func (s *Stream) startSession(n *negotiated) (Event, func()) {
 			ev.Lost = len(lost)
 			cause = ErrConnectionLost
 			if n.refused != nil {
-				cause = fmt.Errorf("%w: %w", ErrResumeRefused, n.refused)
+				cause = fmt.Errorf("%w: %w", ErrResumeRefused, *n.refused)
 			}
 			ev.Err = cause
 		} else if s.stats.Connections > 0 {

@@ -14,6 +14,12 @@
 // the function set with Server.OnResume; when the answer is not <resumed/>
 // the server binds a resource as usual. <enable/> is not answered during
 // negotiation: it is the first element the test reads (see Conn.EnableSM).
+//
+// After SASL, mellium lists the features in the order given here, <bind/>
+// then <sm/>; a client reads the whole list before it picks one, so the order
+// does not matter to it. The <sm/> feature tells mellium it is required only
+// so that mellium's negotiation loop ends after it (as it does after bind);
+// the element it writes carries no <required/>.
 package fakeserver
 
 import (
