@@ -264,15 +264,10 @@ func (s *Stream) sendInternal(b []byte) error {
 
 func (s *Stream) enqueueLocked(e *entry) {
 	s.queue.push(e)
-	e.tok.onAbort = s.aborted
 	if s.cur != nil {
 		s.cur.wake()
 	}
 }
-
-// aborted is called when a queued token was aborted; the writer skips it
-// when it reaches it, but the caller waiting for room need not wait for that.
-func (s *Stream) aborted(*StanzaToken) {}
 
 // SendIQ sends an IQ built from iq and payload and waits for the reply. The
 // reply is returned whether it is a result or an error (see Element.Error).

@@ -101,12 +101,11 @@ type TokenChange struct {
 type StanzaToken struct {
 	id string
 
-	mu      sync.Mutex // guards the fields below
-	state   TokenState
-	err     error
-	obs     notify.Serial[TokenChange]
-	done    chan struct{} // made on demand, closed at a final state
-	onAbort func(*StanzaToken)
+	mu    sync.Mutex // guards the fields below
+	state TokenState
+	err   error
+	obs   notify.Serial[TokenChange]
+	done  chan struct{} // made on demand, closed at a final state
 }
 
 func newToken(id string) *StanzaToken {
@@ -174,14 +173,8 @@ func (t *StanzaToken) Wait(ctx context.Context) (TokenState, error) {
 // TokenAborted. It returns an error wrapping ErrNotQueued when the stanza
 // has already been written or the token is final.
 func (t *StanzaToken) Abort() error {
-	t.mu.Lock()
-	onAbort := t.onAbort
-	t.mu.Unlock()
 	if !t.move(TokenQueued, TokenAborted, nil) {
 		return fmt.Errorf("stream: abort %q in state %v: %w", t.id, t.State(), ErrNotQueued)
-	}
-	if onAbort != nil {
-		onAbort(t)
 	}
 	return nil
 }
@@ -199,7 +192,6 @@ func (t *StanzaToken) move(from, to TokenState, err error) bool {
 	run := t.obs.Emit(TokenChange{State: to, Err: err})
 	if to.IsFinal() {
 		t.obs.Drop()
-		t.onAbort = nil
 		if t.done != nil {
 			close(t.done)
 		}

@@ -142,7 +142,7 @@ func (d *demo) run(ctx context.Context) error {
 	cfg := run.Config{N: d.n, Window: 5, Body: "hello bob, message %d", Timeout: 10 * time.Second,
 		Resumptions: func() int { return alice.Stream.Stats().Resumptions }}
 	p := newPrinter(d.out, false, isTerminal(d.out))
-	sum, err := p.run(ctx, run.New(alice.Room, cfg))
+	sum, err := p.run(ctx, run.New(run.Room(alice.Room), cfg))
 	if err != nil {
 		return err
 	}

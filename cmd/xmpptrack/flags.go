@@ -5,8 +5,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
+	"time"
+
+	"mellium.im/xmpp/jid"
+
+	"github.com/xmpptrack/xmpptrack/cmd/xmpptrack/internal/run"
 )
 
 // errHelp ends a command after it printed its help.
@@ -59,7 +65,7 @@ func (fs *flagSet) printHelp() {
 			line += " " + name
 		}
 		fmt.Fprintf(fs.out, "%-20s %s", line, help)
-		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && f.DefValue != "0s" {
 			fmt.Fprintf(fs.out, " (default %q)", f.DefValue)
 		}
 		fmt.Fprintln(fs.out)
@@ -73,4 +79,130 @@ func envOr(key, def string) string {
 		return v
 	}
 	return def
+}
+
+// accountFlags are the flags that say how to log in.
+type accountFlags struct {
+	addr, jid, password, ca *string
+	plain, verbose          *bool
+}
+
+func addAccountFlags(fs *flagSet) *accountFlags {
+	return &accountFlags{
+		addr:     fs.String("addr", "", "server `host:port` (env XMPP_ADDR; default: the JID's domain on port 5222)"),
+		jid:      fs.String("jid", "", "account `JID` (env XMPP_JID)"),
+		password: fs.String("password", "", "account password `PW` (env XMPP_PASSWORD)"),
+		plain:    fs.Bool("plain", false, "no TLS, even when the server offers STARTTLS (loopback addresses only)"),
+		ca:       fs.String("ca", "", "trust the CA certificate in `FILE` for STARTTLS"),
+		verbose:  fs.Bool("v", false, "verbose logging to standard error"),
+	}
+}
+
+// account returns the account the flags name, logging to stderr with -v.
+// Errors are usage errors that start with cmd.
+func (f *accountFlags) account(cmd string, stderr io.Writer) (run.Account, error) {
+	bad := func(format string, args ...any) (run.Account, error) {
+		return run.Account{}, usageError{cmd + ": " + fmt.Sprintf(format, args...)}
+	}
+	jidStr := firstNonEmpty(*f.jid, envOr("XMPP_JID", ""))
+	if jidStr == "" {
+		return bad("-jid is required (or set XMPP_JID)")
+	}
+	j, err := jid.Parse(jidStr)
+	if err != nil || j.Localpart() == "" {
+		return bad("-jid %q is not an account JID like alice@example.org", jidStr)
+	}
+	a := run.Account{
+		JID:      j,
+		Password: firstNonEmpty(*f.password, os.Getenv("XMPP_PASSWORD")),
+		Addr:     firstNonEmpty(*f.addr, envOr("XMPP_ADDR", "")),
+		Plain:    *f.plain,
+		CAFile:   *f.ca,
+	}
+	switch {
+	case a.Password == "":
+		return bad("-password is required (or set XMPP_PASSWORD)")
+	case a.Plain && a.CAFile != "":
+		return bad("-plain and -ca exclude each other")
+	}
+	if *f.verbose {
+		a.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return a, nil
+}
+
+// sendFlags are the flags of the commands that send tracked messages (muc,
+// chat), besides the account's and the addressee's.
+type sendFlags struct {
+	n, window  *int
+	body       *string
+	timeout    *time.Duration
+	json       *bool
+	cpuProfile *string
+}
+
+func addSendFlags(fs *flagSet) *sendFlags {
+	f := &sendFlags{
+		n:          fs.Int("n", 1, "send `N` messages"),
+		window:     fs.Int("window", 10, "at most `W` messages in flight awaiting their outcome at once (0: all at once)"),
+		body:       fs.String("body", "message %d", "body `TEMPLATE`; \"%d\" is replaced by the message index from 0"),
+		timeout:    fs.Duration("timeout", 30*time.Second, "per-message tracking timeout `DUR`, after which a message is TIMED_OUT"),
+		json:       fs.Bool("json", false, "write one JSON object per line: one per message at its outcome, then a summary"),
+		cpuProfile: fs.String("cpuprofile", "", "write a CPU profile of the run to `FILE`"),
+	}
+	fs.hide("cpuprofile")
+	return f
+}
+
+// sendOptions are the parsed flags shared by muc and chat.
+type sendOptions struct {
+	account    run.Account
+	cfg        run.Config
+	json       bool
+	cpuProfile string
+}
+
+// options checks the flags; errors are usage errors that start with cmd.
+func (f *sendFlags) options(cmd string, a run.Account) (sendOptions, error) {
+	bad := func(msg string) (sendOptions, error) { return sendOptions{}, usageError{cmd + ": " + msg} }
+	switch {
+	case *f.n < 1:
+		return bad("-n must be at least 1")
+	case *f.window < 0:
+		return bad("-window must be 0 (all at once) or more")
+	case *f.timeout <= 0:
+		return bad("-timeout must be positive")
+	}
+	return sendOptions{
+		account:    a,
+		cfg:        run.Config{N: *f.n, Window: *f.window, Body: *f.body, Timeout: *f.timeout},
+		json:       *f.json,
+		cpuProfile: *f.cpuProfile,
+	}, nil
+}
+
+// optDuration is a duration flag that may be left unset, which its help
+// shows as no default.
+type optDuration struct {
+	d   time.Duration
+	set bool
+}
+
+func (o *optDuration) String() string {
+	if o == nil || !o.set {
+		return ""
+	}
+	return o.d.String()
+}
+
+func (o *optDuration) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return errors.New("parse error")
+	}
+	if d < 0 {
+		return errors.New("negative duration")
+	}
+	o.d, o.set = d, true
+	return nil
 }

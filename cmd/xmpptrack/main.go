@@ -3,8 +3,10 @@
 //
 // Usage:
 //
-//	xmpptrack muc [flags]    send tracked messages to a Multi-User Chat room
-//	xmpptrack demo [flags]   a guided tour against a local server (make demo)
+//	xmpptrack muc [flags]              send tracked messages to a Multi-User Chat room
+//	xmpptrack chat -to JID [flags]     send tracked one-to-one messages to JID
+//	xmpptrack chat-responder [flags]   answer receipt requests, for tests and demos
+//	xmpptrack demo [flags]             a guided tour against a local server (make demo)
 //
 // "xmpptrack muc" logs in, joins a room and sends -n messages with at most
 // -window of them awaiting their outcome at once. A message's outcome is the
@@ -12,18 +14,30 @@
 // state (ERROR, TIMED_OUT, CLOSED, ABORTED). It exits with status 0 if and
 // only if every message was DELIVERED_TO_RECIPIENT.
 //
+// "xmpptrack chat" does the same with one-to-one chat messages to -to, each
+// carrying a XEP-0184 receipt request and a XEP-0333 markable. With -wait
+// delivered (the default) a message's outcome is the first of
+// DELIVERED_TO_RECIPIENT (the addressee's receipt) or a final state; with
+// -wait seen it is the first of SEEN_BY_RECIPIENT (a displayed marker) or a
+// final state, and a message delivered but not seen within -timeout ends
+// DELIVERED_TO_RECIPIENT. It exits with status 0 if and only if every
+// message reached the -wait state. "xmpptrack chat-responder" is an
+// addressee for it: it sends its presence, answers every receipt request
+// and, with -display-after, marks each message displayed after a delay.
+//
 // With -json it writes one JSON object per line to standard output: one per
 // message, at its outcome, in the order outcomes happen,
 //
 //	{"index":0,"id":"…","state":"DELIVERED_TO_RECIPIENT","latency_ms":1.8}
 //
-// then one summary line
+// then one summary line, whose latencies are from the send to the goal
+// (DELIVERED_TO_RECIPIENT, or SEEN_BY_RECIPIENT for chat -wait seen),
 //
 //	{"summary":{"sent":50,"states":{"DELIVERED_TO_RECIPIENT":50},"msgs_per_s":2900.1,"p50_ms":2.1,"p99_ms":6.3,"cpu_us_per_msg":21.4,"resumptions":0}}
 //
 // Without -json it shows a live status line on a terminal, and plain lines
 // (one per outcome) otherwise, then a summary table. Run "xmpptrack muc -h"
-// for the flags.
+// (or chat -h, chat-responder -h) for the flags.
 package main
 
 import (
@@ -36,7 +50,7 @@ import (
 // Exit statuses.
 const (
 	exitOK    = 0
-	exitFail  = 1 // the run failed, or not every message was delivered
+	exitFail  = 1 // the run failed, or not every message reached its goal
 	exitUsage = 2 // bad command line
 )
 
@@ -69,26 +83,36 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 const usage = `usage: xmpptrack <command> [flags]
 
 Commands:
-  muc    send tracked messages to a Multi-User Chat room
-  demo   a guided tour against a local server (see "make demo")
+  muc              send tracked messages to a Multi-User Chat room
+  chat             send tracked one-to-one messages to -to JID, followed to
+                   DELIVERED_TO_RECIPIENT or, with -wait seen, SEEN_BY_RECIPIENT
+  chat-responder   log in and answer receipt requests (XEP-0184); with
+                   -display-after DUR, also mark every message displayed
+                   (XEP-0333) after DUR; runs until interrupted or -for DUR.
+                   The other side of "chat", for tests and demos
+  demo             a guided tour against a local server (see "make demo")
 
 Run "xmpptrack <command> -h" for a command's flags.
 `
 
 func dispatch(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usageError{"no command given (want muc or demo; see xmpptrack -h)"}
+		return usageError{"no command given (want muc, chat, chat-responder or demo; see xmpptrack -h)"}
 	}
 	switch args[0] {
 	case "muc":
 		return mucCommand(args[1:], stdout, stderr)
+	case "chat":
+		return chatCommand(args[1:], stdout, stderr)
+	case "chat-responder":
+		return responderCommand(args[1:], stdout, stderr)
 	case "demo":
 		return demoCommand(args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return errHelp
 	}
-	return usageError{fmt.Sprintf("unknown command %q (want muc or demo)", args[0])}
+	return usageError{fmt.Sprintf("unknown command %q (want muc, chat, chat-responder or demo)", args[0])}
 }
 
 // oneLine joins the lines of a message, so that every error is one line.

@@ -5,11 +5,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"maps"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -199,6 +203,281 @@ func TestMUC(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			checkOneLineError(t, runCmd(t, bin, bad...))
+		})
+	}
+}
+
+// lineBuf collects a process's output and says when it grows.
+type lineBuf struct {
+	mu     sync.Mutex
+	b      bytes.Buffer
+	signal chan struct{}
+}
+
+func (l *lineBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	n, err := l.b.Write(p)
+	l.mu.Unlock()
+	select {
+	case l.signal <- struct{}{}:
+	default:
+	}
+	return n, err
+}
+
+func (l *lineBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// responder is a running "xmpptrack chat-responder".
+type responder struct {
+	cmd            *exec.Cmd
+	stdout, stderr *lineBuf
+	// addr is the full JID it is bound to, from its ready line.
+	addr    string
+	exited  chan struct{} // closed when the process ended
+	err     error         // the process's exit, once exited is closed
+	stopped bool
+}
+
+// startResponder starts "xmpptrack chat-responder" with args and waits for
+// its ready line. It is stopped when the test ends, unless stop did it
+// before.
+func startResponder(t *testing.T, bin string, args ...string) *responder {
+	t.Helper()
+	r := &responder{
+		cmd:    exec.Command(bin, append([]string{"chat-responder"}, args...)...),
+		stdout: &lineBuf{signal: make(chan struct{}, 1)},
+		stderr: &lineBuf{signal: make(chan struct{}, 1)},
+		exited: make(chan struct{}),
+	}
+	r.cmd.Stdout, r.cmd.Stderr = r.stdout, r.stderr
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		r.err = r.cmd.Wait()
+		close(r.exited)
+	}()
+	t.Cleanup(func() {
+		if !r.stopped {
+			r.cmd.Process.Kill()
+			<-r.exited
+		}
+	})
+	deadline := time.After(time.Minute)
+	for {
+		out := r.stdout.String()
+		if first, _, ok := strings.Cut(out, "\n"); ok {
+			rest, ok := strings.CutPrefix(first, "ready: ")
+			if !ok {
+				t.Fatalf("responder's first line %q, want ready", first)
+			}
+			r.addr, _, _ = strings.Cut(rest, " ")
+			return r
+		}
+		select {
+		case <-r.stdout.signal:
+		case <-r.exited:
+			t.Fatalf("responder exited before it was ready; stderr: %s", r.stderr.String())
+		case <-deadline:
+			t.Fatalf("responder not ready; stdout %q, stderr %q", out, r.stderr.String())
+		}
+	}
+}
+
+// stop interrupts the responder and returns its last line of output, which
+// counts what it did.
+func (r *responder) stop(t *testing.T) string {
+	t.Helper()
+	r.stopped = true
+	if err := r.cmd.Process.Signal(os.Interrupt); err != nil {
+		r.cmd.Process.Kill()
+	}
+	select {
+	case <-r.exited:
+	case <-time.After(time.Minute):
+		r.cmd.Process.Kill()
+		<-r.exited
+	}
+	if r.err != nil {
+		t.Errorf("responder: %v; stderr: %s", r.err, r.stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(r.stdout.String()), "\n")
+	return lines[len(lines)-1]
+}
+
+// chatRun is the parsed JSON output of one run of "xmpptrack chat -json".
+type chatRun struct {
+	states  map[string]int // message lines by state
+	msgs    []line
+	summary *line
+}
+
+func parseJSONLines(t *testing.T, r result, n int) chatRun {
+	t.Helper()
+	cr := chatRun{states: make(map[string]int)}
+	seen := make(map[int]bool)
+	sc := bufio.NewScanner(strings.NewReader(r.stdout))
+	for sc.Scan() {
+		var l line
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			t.Fatalf("line %q: %v", sc.Text(), err)
+		}
+		switch {
+		case l.Summary != nil:
+			if cr.summary != nil {
+				t.Errorf("two summaries")
+			}
+			cr.summary = &l
+		case l.Index != nil:
+			if cr.summary != nil {
+				t.Errorf("message line after the summary: %s", sc.Text())
+			}
+			if seen[*l.Index] || *l.Index < 0 || *l.Index >= n {
+				t.Errorf("index %d repeated or out of range", *l.Index)
+			}
+			seen[*l.Index] = true
+			cr.states[l.State]++
+			cr.msgs = append(cr.msgs, l)
+		default:
+			t.Errorf("unknown line %s", sc.Text())
+		}
+	}
+	if len(cr.msgs) != n || cr.summary == nil {
+		t.Fatalf("%d message lines and summary %v, want %d and one; stdout:\n%s\nstderr: %s", len(cr.msgs), cr.summary != nil, n, r.stdout, r.stderr)
+	}
+	if s := cr.summary.Summary; s.Sent != n || !maps.Equal(s.States, cr.states) || s.Resumptions == nil {
+		t.Errorf("summary %+v, want %d sent and states %v", *s, n, cr.states)
+	}
+	return cr
+}
+
+func TestChat(t *testing.T) {
+	users := map[string]string{"alice": "alice-pw", "bob": "bob-pw"}
+	srv := prosody.StartTB(t, prosody.Options{Users: users})
+	bin := build(t)
+	login := func(user string) []string {
+		return []string{"-addr", srv.Addr(), "-ca", srv.CAFile(), "-jid", srv.JID(user).String(), "-password", users[user]}
+	}
+	chat := func(extra ...string) []string {
+		return append(append([]string{"chat"}, login("alice")...), extra...)
+	}
+	bob := srv.JID("bob").String()
+
+	// bob answers receipt requests but never marks anything displayed.
+	resp := startResponder(t, bin, login("bob")...)
+	answered := 0 // by resp, in the subtests that passed
+
+	t.Run("delivered", func(t *testing.T) {
+		const n = 20
+		r := runCmd(t, bin, chat("-to", bob, "-n", strconv.Itoa(n), "-json")...)
+		if r.code != 0 {
+			t.Fatalf("exit status %d\nstderr: %s\nstdout:\n%s", r.code, r.stderr, r.stdout)
+		}
+		cr := parseJSONLines(t, r, n)
+		ids := make(map[string]bool)
+		for _, l := range cr.msgs {
+			if l.State != "DELIVERED_TO_RECIPIENT" || l.ID == "" || ids[l.ID] || l.LatencyMs <= 0 {
+				t.Errorf("message line %+v", l)
+			}
+			ids[l.ID] = true
+		}
+		if s := cr.summary.Summary; s.MsgsPerS <= 0 || s.P50Ms <= 0 || s.P99Ms < s.P50Ms {
+			t.Errorf("summary figures missing: %+v", *s)
+		}
+		answered += n
+	})
+
+	t.Run("full JID", func(t *testing.T) {
+		r := runCmd(t, bin, chat("-to", resp.addr, "-n", "3", "-window", "0")...)
+		if r.code != 0 {
+			t.Fatalf("exit status %d: %s", r.code, r.stderr)
+		}
+		if strings.Count(r.stdout, "DELIVERED_TO_RECIPIENT") < 4 || !strings.Contains(r.stdout, "summary") {
+			t.Fatalf("output:\n%s", r.stdout)
+		}
+		answered += 3
+	})
+
+	t.Run("not seen", func(t *testing.T) {
+		// Delivered, but bob never displays them: each message ends at
+		// DELIVERED_TO_RECIPIENT at the timeout, short of the goal.
+		r := runCmd(t, bin, chat("-to", bob, "-n", "3", "-json", "-wait", "seen", "-timeout", "2s")...)
+		checkOneLineError(t, r)
+		cr := parseJSONLines(t, r, 3)
+		if cr.states["DELIVERED_TO_RECIPIENT"] != 3 || !strings.Contains(r.stdout, "not SEEN_BY_RECIPIENT before the timeout") {
+			t.Fatalf("stdout:\n%s", r.stdout)
+		}
+		if !strings.Contains(r.stderr, "did not reach SEEN_BY_RECIPIENT") {
+			t.Errorf("stderr: %s", r.stderr)
+		}
+		answered += 3
+	})
+
+	want := fmt.Sprintf("received %d messages, answered %d receipt requests, marked 0 displayed", answered, answered)
+	if got := resp.stop(t); got != want {
+		t.Errorf("responder: %q, want %q", got, want)
+	}
+
+	t.Run("seen", func(t *testing.T) {
+		const n, delay = 20, 50 * time.Millisecond
+		resp := startResponder(t, bin, append(login("bob"), "-display-after", delay.String())...)
+		r := runCmd(t, bin, chat("-to", bob, "-n", strconv.Itoa(n), "-json", "-wait", "seen")...)
+		if r.code != 0 {
+			t.Fatalf("exit status %d\nstderr: %s\nstdout:\n%s", r.code, r.stderr, r.stdout)
+		}
+		cr := parseJSONLines(t, r, n)
+		for _, l := range cr.msgs {
+			if l.State != "SEEN_BY_RECIPIENT" || l.ID == "" || l.LatencyMs < float64(delay/time.Millisecond) {
+				t.Errorf("message line %+v, want SEEN_BY_RECIPIENT after at least %v", l, delay)
+			}
+		}
+		if s := cr.summary.Summary; s.P50Ms < float64(delay/time.Millisecond) {
+			t.Errorf("p50 %v ms: the latency is not to SEEN_BY_RECIPIENT", s.P50Ms)
+		}
+		if got := resp.stop(t); !strings.HasPrefix(got, fmt.Sprintf("received %d messages, answered %d receipt requests, marked %d displayed", n, n, n)) {
+			t.Errorf("responder: %q", got)
+		}
+	})
+
+	t.Run("no such user", func(t *testing.T) {
+		r := runCmd(t, bin, chat("-to", srv.JID("nobody").String(), "-n", "3", "-json")...)
+		checkOneLineError(t, r)
+		cr := parseJSONLines(t, r, 3)
+		if cr.states["ERROR"] != 3 {
+			t.Fatalf("states %v, want 3 ERROR; stdout:\n%s", cr.states, r.stdout)
+		}
+		if !strings.Contains(r.stderr, "3 of 3 messages did not reach DELIVERED_TO_RECIPIENT (3 ERROR)") {
+			t.Errorf("stderr: %s", r.stderr)
+		}
+	})
+
+	t.Run("responder for", func(t *testing.T) {
+		r := runCmd(t, bin, append(append([]string{"chat-responder"}, login("bob")...), "-for", "100ms")...)
+		if r.code != 0 || !strings.HasPrefix(r.stdout, "ready: ") || !strings.Contains(r.stdout, "received 0 messages") {
+			t.Fatalf("exit %d\nstdout:\n%s\nstderr: %s", r.code, r.stdout, r.stderr)
+		}
+	})
+
+	for name, bad := range map[string][]string{
+		"missing to":          chat(),
+		"bad to":              chat("-to", "@@"),
+		"bad wait":            chat("-to", bob, "-wait", "read"),
+		"negative window":     chat("-to", bob, "-window", "-1"),
+		"stray argument":      chat("-to", bob, "extra"),
+		"missing password":    {"chat", "-jid", "alice@localhost", "-to", bob},
+		"responder bad delay": {"chat-responder", "-jid", "bob@localhost", "-password", "x", "-display-after", "-1s"},
+		"responder room":      {"chat-responder", "-jid", "bob@localhost", "-password", "x", "-room", "r@conference.localhost"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := runCmd(t, bin, bad...)
+			checkOneLineError(t, r)
+			if r.code != 2 {
+				t.Errorf("exit status %d, want 2", r.code)
+			}
 		})
 	}
 }

@@ -110,7 +110,7 @@ func (p *printer) outcome(o run.Outcome) {
 		p.w.Write(p.buf)
 		p.mu.Unlock()
 	case p.live:
-		if !o.Delivered() {
+		if !o.Reached {
 			p.above(outcomeText(o))
 		}
 	default:
@@ -168,7 +168,7 @@ func (p *printer) status(pr run.Progress) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "sent %d  in flight %d  ", pr.Sent, pr.InFlight)
 	for _, s := range outcomeStates {
-		if n := pr.States[s]; n > 0 || s == tracking.DeliveredToRecipient {
+		if n := pr.States[s]; n > 0 || s == pr.Goal {
 			fmt.Fprintf(&b, "%s %d  ", s, n)
 		}
 	}
@@ -229,7 +229,7 @@ func summaryTable(s run.Summary) string {
 		}
 	}
 	row("throughput", "%.1f msg/s over %v", s.MsgsPerS, s.Elapsed.Round(time.Millisecond))
-	row("latency p50 / p99", "%.2f ms / %.2f ms (send to DELIVERED_TO_RECIPIENT)", s.P50Ms, s.P99Ms)
+	row("latency p50 / p99", "%.2f ms / %.2f ms (send to %s)", s.P50Ms, s.P99Ms, s.Goal)
 	row("client CPU", "%.1f µs per message", s.CPUMicrosPerMsg)
 	row("stream resumptions", "%d", s.Resumptions)
 	return b.String()

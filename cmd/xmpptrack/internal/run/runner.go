@@ -7,16 +7,65 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"mellium.im/xmpp/jid"
+
+	"github.com/xmpptrack/xmpptrack/chat"
 	"github.com/xmpptrack/xmpptrack/muc"
 	"github.com/xmpptrack/xmpptrack/tracking"
 )
 
-// Target is where a Runner sends its messages; *muc.Room is one.
+// Target is where a Runner sends its messages: a room (Room) or the
+// addressee of one-to-one messages (Chat).
 type Target interface {
+	// Send sends one message and returns its tracker. A positive timeout
+	// is the message's tracking timeout; zero or less leaves the target's
+	// default.
+	Send(ctx context.Context, body string, timeout time.Duration) (*tracking.MessageTracker, error)
+	// Proof names what shows that the recipient has a message, for the
+	// error of a message TIMED_OUT, e.g. "reflection from the room".
+	Proof() string
+}
+
+// MUCRoom is what Room needs of a room; *muc.Room is one.
+type MUCRoom interface {
 	SendTrackedMessage(ctx context.Context, body string, opts ...muc.SendOption) (*tracking.MessageTracker, error)
 }
+
+// Room returns the Target that sends groupchat messages to r.
+func Room(r MUCRoom) Target { return roomTarget{r} }
+
+type roomTarget struct{ r MUCRoom }
+
+func (t roomTarget) Send(ctx context.Context, body string, timeout time.Duration) (*tracking.MessageTracker, error) {
+	if timeout > 0 {
+		return t.r.SendTrackedMessage(ctx, body, muc.Timeout(timeout))
+	}
+	return t.r.SendTrackedMessage(ctx, body)
+}
+
+func (roomTarget) Proof() string { return "reflection from the room" }
+
+// Chat returns the Target that sends one-to-one chat messages to to through
+// c (chat.Client.SendTracked: a XEP-0184 receipt request and a XEP-0333
+// markable in each).
+func Chat(c *chat.Client, to jid.JID) Target { return chatTarget{c, to} }
+
+type chatTarget struct {
+	c  *chat.Client
+	to jid.JID
+}
+
+func (t chatTarget) Send(ctx context.Context, body string, timeout time.Duration) (*tracking.MessageTracker, error) {
+	if timeout > 0 {
+		return t.c.SendTracked(ctx, t.to, body, chat.Timeout(timeout))
+	}
+	return t.c.SendTracked(ctx, t.to, body)
+}
+
+func (chatTarget) Proof() string { return "delivery receipt" }
 
 // Config says what a Runner sends.
 type Config struct {
@@ -30,28 +79,39 @@ type Config struct {
 	Body string
 	// Timeout is each message's tracking timeout, after which it is
 	// TIMED_OUT. Zero or less leaves the target's default.
+	//
+	// With a Goal beyond DeliveredToRecipient, Timeout also bounds the wait
+	// for the Goal: a message delivered to the recipient but still short of
+	// the Goal when Timeout has passed since its send ends there, at
+	// DELIVERED_TO_RECIPIENT, and its tracker is closed. Without a Timeout
+	// such a message waits until the run's context ends.
 	Timeout time.Duration
+	// Goal is the state each message is followed to: its outcome is the
+	// first of Goal or a final state. DeliveredToServer,
+	// DeliveredToRecipient and SeenByRecipient are goals; zero means
+	// DeliveredToRecipient.
+	Goal tracking.MessageState
 	// Resumptions, if set, reports how many times the stream resumed its
 	// session so far; the summary and the progress show it.
 	Resumptions func() int
 }
 
 // Outcome is how one message ended, as far as the run is concerned: the
-// first of DELIVERED_TO_RECIPIENT or a final state.
+// first of the run's goal state or a final state.
 type Outcome struct {
 	Index int
 	// ID is the message's stanza id, "" when it was never sent.
 	ID    string
 	State tracking.MessageState
+	// Reached says that State is the run's goal.
+	Reached bool
 	// Latency is the time from the send call to the outcome.
 	Latency time.Duration
 	// Err says why the message failed: the error reply, or why it could not
-	// be sent. Nil for DELIVERED_TO_RECIPIENT.
+	// be sent, or that it fell short of the goal in time. Nil when the goal
+	// was reached.
 	Err error
 }
-
-// Delivered reports whether the message reached DELIVERED_TO_RECIPIENT.
-func (o Outcome) Delivered() bool { return o.State == tracking.DeliveredToRecipient }
 
 // Progress is a snapshot of a run under way.
 type Progress struct {
@@ -63,6 +123,8 @@ type Progress struct {
 	// Rate is outcomes per second since the first send.
 	Rate        float64
 	Resumptions int
+	// Goal is the run's goal state (Config.Goal).
+	Goal tracking.MessageState
 }
 
 // A Runner sends the messages of one run and collects their outcomes.
@@ -88,6 +150,9 @@ func New(target Target, cfg Config) *Runner {
 	if cfg.Body == "" {
 		cfg.Body = "message %d"
 	}
+	if cfg.Goal == tracking.InTransit {
+		cfg.Goal = tracking.DeliveredToRecipient
+	}
 	return &Runner{
 		target: target,
 		cfg:    cfg,
@@ -105,6 +170,7 @@ func (r *Runner) Progress() Progress {
 		Done:     r.done,
 		InFlight: r.sent - r.done,
 		States:   make(map[tracking.MessageState]int, len(r.states)),
+		Goal:     r.cfg.Goal,
 	}
 	for s, n := range r.states {
 		p.States[s] = n
@@ -132,11 +198,12 @@ func (r *Runner) Progress() Progress {
 // messages sent, and the error is ctx's.
 func (r *Runner) Run(ctx context.Context, onOutcome func(Outcome)) (Summary, error) {
 	if r.cfg.N <= 0 {
-		return Summary{States: map[string]int{}}, errors.New("run: no messages to send")
+		return Summary{States: map[string]int{}, Goal: r.cfg.Goal}, errors.New("run: no messages to send")
 	}
-	var opts []muc.SendOption
-	if r.cfg.Timeout > 0 {
-		opts = append(opts, muc.Timeout(r.cfg.Timeout))
+	switch r.cfg.Goal {
+	case tracking.DeliveredToServer, tracking.DeliveredToRecipient, tracking.SeenByRecipient:
+	default:
+		return Summary{States: map[string]int{}, Goal: r.cfg.Goal}, fmt.Errorf("run: %v is not a goal", r.cfg.Goal)
 	}
 	slots := make(chan struct{}, r.cfg.Window)
 	sendDone := make(chan struct{})
@@ -167,7 +234,7 @@ func (r *Runner) Run(ctx context.Context, onOutcome func(Outcome)) (Summary, err
 			}
 			r.sent++
 			r.mu.Unlock()
-			tr, err := r.target.SendTrackedMessage(ctx, body, opts...)
+			tr, err := r.target.Send(ctx, body, r.cfg.Timeout)
 			if err != nil {
 				// Nothing was sent: the message never left.
 				r.record(Outcome{Index: i, State: tracking.Aborted, Latency: time.Since(t0), Err: err})
@@ -176,18 +243,7 @@ func (r *Runner) Run(ctx context.Context, onOutcome func(Outcome)) (Summary, err
 			trMu.Lock()
 			trackers[i] = tr
 			trMu.Unlock()
-			once := false
-			tr.OnChange(func(c tracking.Change) {
-				if once || c.To < tracking.DeliveredToRecipient {
-					return
-				}
-				once = true
-				o := Outcome{Index: i, ID: tr.ID(), State: c.To, Latency: c.At.Sub(t0)}
-				if c.To != tracking.DeliveredToRecipient {
-					o.Err = outcomeErr(c)
-				}
-				r.record(o)
-			})
+			r.follow(&flight{index: i, t0: t0, tr: tr})
 		}
 	}()
 
@@ -205,7 +261,7 @@ func (r *Runner) Run(ctx context.Context, onOutcome func(Outcome)) (Summary, err
 			trMu.Lock()
 			delete(trackers, o.Index)
 			trMu.Unlock()
-			if o.Delivered() {
+			if o.Reached {
 				latencies = append(latencies, o.Latency)
 			}
 			if onOutcome != nil {
@@ -246,6 +302,8 @@ func (r *Runner) Run(ctx context.Context, onOutcome func(Outcome)) (Summary, err
 	}
 	r.mu.Unlock()
 	sum := summarize(sent, states, latencies, started, last, cpuTime()-cpu0)
+	sum.Goal = r.cfg.Goal
+	sum.Reached = states[r.cfg.Goal.String()]
 	if r.cfg.Resumptions != nil {
 		sum.Resumptions = r.cfg.Resumptions()
 	}
@@ -253,6 +311,68 @@ func (r *Runner) Run(ctx context.Context, onOutcome func(Outcome)) (Summary, err
 		return sum, fmt.Errorf("run: stopped: %w", ctx.Err())
 	}
 	return sum, nil
+}
+
+// flight is one message sent and awaiting its outcome.
+type flight struct {
+	index int
+	t0    time.Time
+	tr    *tracking.MessageTracker
+	done  atomic.Bool // the outcome is recorded
+	// timer ends a message delivered to the recipient that falls short of
+	// a goal beyond delivery in time; nil unless the goal is beyond it.
+	timer *time.Timer
+}
+
+// follow watches a message's tracker until its outcome: the first change to
+// the goal or beyond (a final state), or, for a goal beyond delivery to the
+// recipient, the timeout after delivery.
+func (r *Runner) follow(f *flight) {
+	goal := r.cfg.Goal
+	if goal > tracking.DeliveredToRecipient && r.cfg.Timeout > 0 {
+		f.timer = time.AfterFunc(time.Until(f.t0.Add(r.cfg.Timeout)), func() { r.short(f, time.Now()) })
+	}
+	f.tr.OnChange(func(c tracking.Change) {
+		switch {
+		case c.To >= goal:
+			o := Outcome{Index: f.index, ID: f.tr.ID(), State: c.To, Reached: c.To == goal, Latency: c.At.Sub(f.t0)}
+			if !o.Reached {
+				o.Err = r.outcomeErr(c)
+			}
+			r.finish(f, o)
+		case c.To == tracking.DeliveredToRecipient && f.timer != nil && c.At.Sub(f.t0) >= r.cfg.Timeout:
+			// Delivered after the timer found it short of delivery; the
+			// tracker's own timeout stops at delivery.
+			r.short(f, c.At)
+		}
+	})
+}
+
+// short ends a message that is at DELIVERED_TO_RECIPIENT at the timeout,
+// short of a goal beyond it, and closes its tracker: nothing will wait for
+// it any more. A message not yet delivered is left to its tracker's own
+// timeout.
+func (r *Runner) short(f *flight, at time.Time) {
+	if f.tr.State() != tracking.DeliveredToRecipient {
+		return
+	}
+	err := fmt.Errorf("not %v before the timeout", r.cfg.Goal)
+	if r.finish(f, Outcome{Index: f.index, ID: f.tr.ID(), State: tracking.DeliveredToRecipient, Latency: at.Sub(f.t0), Err: err}) {
+		_ = f.tr.Close()
+	}
+}
+
+// finish records f's outcome o unless it has one already, and reports
+// whether it did.
+func (r *Runner) finish(f *flight, o Outcome) bool {
+	if !f.done.CompareAndSwap(false, true) {
+		return false
+	}
+	if f.timer != nil {
+		f.timer.Stop()
+	}
+	r.record(o)
+	return true
 }
 
 // record queues an outcome for Run's loop. It runs on whichever goroutine
@@ -269,14 +389,14 @@ func (r *Runner) record(o Outcome) {
 	}
 }
 
-// outcomeErr describes a final change other than delivery.
-func outcomeErr(c tracking.Change) error {
+// outcomeErr describes a final change short of the goal.
+func (r *Runner) outcomeErr(c tracking.Change) error {
 	if c.Response != nil && c.Response.Error != nil {
 		return *c.Response.Error
 	}
 	switch c.To {
 	case tracking.TimedOut:
-		return errors.New("no reflection from the room before the timeout")
+		return fmt.Errorf("no %s before the timeout", r.target.Proof())
 	case tracking.Closed:
 		return errors.New("tracking given up: the connection was lost or the run ended")
 	case tracking.Aborted:

@@ -3,6 +3,8 @@ package run
 import (
 	"context"
 	"errors"
+	"fmt"
+	"maps"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -63,7 +65,7 @@ func TestRun(t *testing.T) {
 		}
 		return state(tracking.DeliveredToRecipient)
 	}}
-	r := New(room, Config{N: 100, Window: 5, Body: "m %d"})
+	r := New(Room(room), Config{N: 100, Window: 5, Body: "m %d"})
 	var mu sync.Mutex
 	seen := make(map[int]Outcome)
 	sum, err := r.Run(t.Context(), func(o Outcome) {
@@ -83,10 +85,13 @@ func TestRun(t *testing.T) {
 	if m := room.maxIn.Load(); m > 5 {
 		t.Errorf("%d messages in flight at once, window 5", m)
 	}
-	if o := seen[7]; o.State != tracking.Error || o.Err == nil || o.ID == "" {
+	if o := seen[7]; o.State != tracking.Error || o.Reached || o.Err == nil || o.ID == "" {
 		t.Errorf("message 7: %+v", o)
 	}
-	if sum.States["DELIVERED_TO_RECIPIENT"] != 99 || sum.States["ERROR"] != 1 {
+	if o := seen[8]; o.State != tracking.DeliveredToRecipient || !o.Reached || o.Err != nil {
+		t.Errorf("message 8: %+v", o)
+	}
+	if sum.States["DELIVERED_TO_RECIPIENT"] != 99 || sum.States["ERROR"] != 1 || sum.Reached != 99 || sum.Goal != tracking.DeliveredToRecipient {
 		t.Errorf("states %v", sum.States)
 	}
 	if sum.MsgsPerS <= 0 || sum.P99Ms < sum.P50Ms {
@@ -96,7 +101,7 @@ func TestRun(t *testing.T) {
 
 func TestRunTimeoutAndSendError(t *testing.T) {
 	room := &fakeRoom{answer: func(string) *tracking.MessageState { return nil }}
-	r := New(room, Config{N: 3, Window: 0, Body: "refuse"})
+	r := New(Room(room), Config{N: 3, Window: 0, Body: "refuse"})
 	sum, err := r.Run(t.Context(), nil)
 	if err != nil || sum.States["ABORTED"] != 3 {
 		t.Fatalf("send errors: %v, %v", sum.States, err)
@@ -105,13 +110,138 @@ func TestRunTimeoutAndSendError(t *testing.T) {
 	// option, so the runner's own context ends them instead.
 	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 	defer cancel()
-	r = New(room, Config{N: 20, Window: 4})
+	r = New(Room(room), Config{N: 20, Window: 4})
 	sum, err = r.Run(ctx, nil)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err %v", err)
 	}
 	if sum.Sent != 4 || sum.States["CLOSED"] != 4 {
 		t.Fatalf("sent %d, states %v: want the 4 in flight CLOSED", sum.Sent, sum.States)
+	}
+}
+
+// step is one change of a scripted message: to state, after a delay since
+// the previous step.
+type step struct {
+	to    tracking.MessageState
+	after time.Duration
+}
+
+// scripted is a Target that moves each message through the steps its
+// script gives for the body, and keeps the trackers.
+type scripted struct {
+	script func(body string) []step
+	mu     sync.Mutex
+	byBody map[string]*tracking.MessageTracker
+}
+
+func (f *scripted) Send(ctx context.Context, body string, timeout time.Duration) (*tracking.MessageTracker, error) {
+	tr := tracking.NewMessageTracker(tracking.WithID("id-" + body))
+	f.mu.Lock()
+	if f.byBody == nil {
+		f.byBody = make(map[string]*tracking.MessageTracker)
+	}
+	f.byBody[body] = tr
+	f.mu.Unlock()
+	steps := f.script(body)
+	go func() {
+		for _, s := range steps {
+			time.Sleep(s.after)
+			var r *tracking.Response
+			if s.to == tracking.Error {
+				r = &tracking.Response{Error: &stanza.Error{Condition: stanza.ServiceUnavailable}}
+			}
+			tr.Transition(s.to, r)
+		}
+	}()
+	return tr, nil
+}
+
+func (f *scripted) Proof() string { return "receipt" }
+
+func (f *scripted) tracker(body string) *tracking.MessageTracker {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.byBody[body]
+}
+
+// TestRunGoalSeen follows messages to SEEN_BY_RECIPIENT: a message seen
+// reaches the goal, one delivered but never seen ends at
+// DELIVERED_TO_RECIPIENT at the timeout (also when its delivery comes after
+// the timeout), and a final state short of the goal ends it too.
+func TestRunGoalSeen(t *testing.T) {
+	const timeout = time.Second
+	ms := time.Millisecond
+	target := &scripted{script: func(body string) []step {
+		switch body {
+		case "m 0", "m 3", "m 6":
+			return []step{{tracking.DeliveredToServer, ms}, {tracking.DeliveredToRecipient, ms}, {tracking.SeenByRecipient, 10 * ms}}
+		case "m 1", "m 4":
+			return []step{{tracking.DeliveredToServer, ms}, {tracking.DeliveredToRecipient, ms}}
+		case "m 2":
+			return []step{{tracking.Error, ms}}
+		case "m 5":
+			// Delivered after the timeout: its tracker has no timeout of
+			// its own here, so the runner ends it at delivery.
+			return []step{{tracking.DeliveredToServer, ms}, {tracking.DeliveredToRecipient, timeout + 300*ms}}
+		case "m 7":
+			return []step{{tracking.SeenByRecipient, ms}}
+		}
+		return nil
+	}}
+	r := New(target, Config{N: 8, Window: 3, Body: "m %d", Timeout: timeout, Goal: tracking.SeenByRecipient})
+	outcomes := make(map[int]Outcome)
+	sum, err := r.Run(t.Context(), func(o Outcome) {
+		if _, dup := outcomes[o.Index]; dup {
+			t.Errorf("two outcomes for message %d", o.Index)
+		}
+		outcomes[o.Index] = o
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, o := range outcomes {
+		switch i {
+		case 0, 3, 6, 7:
+			if o.State != tracking.SeenByRecipient || !o.Reached || o.Err != nil {
+				t.Errorf("message %d: %+v, want SEEN_BY_RECIPIENT", i, o)
+			}
+		case 1, 4, 5:
+			if o.State != tracking.DeliveredToRecipient || o.Reached || o.Err == nil ||
+				o.Err.Error() != "not SEEN_BY_RECIPIENT before the timeout" || o.Latency < timeout {
+				t.Errorf("message %d: %+v, want DELIVERED_TO_RECIPIENT short of the goal at the timeout", i, o)
+			}
+			if st := target.tracker(fmt.Sprintf("m %d", i)).State(); st != tracking.Closed {
+				t.Errorf("message %d: tracker %v after its outcome, want CLOSED", i, st)
+			}
+		case 2:
+			if o.State != tracking.Error || o.Reached || o.Err == nil {
+				t.Errorf("message 2: %+v", o)
+			}
+		}
+	}
+	if len(outcomes) != 8 {
+		t.Fatalf("%d outcomes, want 8", len(outcomes))
+	}
+	want := map[string]int{"SEEN_BY_RECIPIENT": 4, "DELIVERED_TO_RECIPIENT": 3, "ERROR": 1}
+	if !maps.Equal(sum.States, want) || sum.Reached != 4 || sum.Goal != tracking.SeenByRecipient {
+		t.Errorf("summary %+v, want states %v and 4 reached", sum, want)
+	}
+}
+
+// TestRunTimedOutError checks the error of a message TIMED_OUT: it names the
+// target's proof of delivery.
+func TestRunTimedOutError(t *testing.T) {
+	room := &fakeRoom{answer: func(string) *tracking.MessageState { return state(tracking.TimedOut) }}
+	var got Outcome
+	if _, err := New(Room(room), Config{N: 1}).Run(t.Context(), func(o Outcome) { got = o }); err != nil {
+		t.Fatal(err)
+	}
+	if got.State != tracking.TimedOut || got.Err == nil || got.Err.Error() != "no reflection from the room before the timeout" {
+		t.Errorf("outcome %+v", got)
+	}
+	if _, err := New(Room(room), Config{N: 1, Goal: tracking.Error}).Run(t.Context(), nil); err == nil {
+		t.Error("ERROR accepted as a goal")
 	}
 }
 

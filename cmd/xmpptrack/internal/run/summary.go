@@ -4,10 +4,12 @@ import (
 	"math"
 	"slices"
 	"time"
+
+	"github.com/xmpptrack/xmpptrack/tracking"
 )
 
 // Summary sums up a run. Its JSON form is the summary line of
-// "xmpptrack muc -json".
+// "xmpptrack muc -json" and "xmpptrack chat -json".
 type Summary struct {
 	// Sent is the number of messages handed to the target.
 	Sent int `json:"sent"`
@@ -17,7 +19,8 @@ type Summary struct {
 	// outcome.
 	MsgsPerS float64 `json:"msgs_per_s"`
 	// P50Ms and P99Ms are percentiles of the latency from the send call to
-	// DELIVERED_TO_RECIPIENT, in milliseconds, over the delivered messages.
+	// the goal (DELIVERED_TO_RECIPIENT unless the run says otherwise), in
+	// milliseconds, over the messages that reached it.
 	P50Ms float64 `json:"p50_ms"`
 	P99Ms float64 `json:"p99_ms"`
 	// CPUMicrosPerMsg is this process's user and system CPU time over the
@@ -27,14 +30,18 @@ type Summary struct {
 	Resumptions int `json:"resumptions"`
 	// Elapsed is the time from the first send to the last outcome.
 	Elapsed time.Duration `json:"-"`
+	// Goal is the run's goal state (Config.Goal), and Reached the number
+	// of messages whose outcome it is.
+	Goal    tracking.MessageState `json:"-"`
+	Reached int                   `json:"-"`
 }
 
 // Delivered returns the number of messages that reached
 // DELIVERED_TO_RECIPIENT.
 func (s Summary) Delivered() int { return s.States["DELIVERED_TO_RECIPIENT"] }
 
-// summarize computes a Summary; latencies are those of the delivered
-// messages, cpu the process's CPU time over the run.
+// summarize computes a Summary; latencies are those of the messages that
+// reached the goal, cpu the process's CPU time over the run.
 func summarize(sent int, states map[string]int, latencies []time.Duration, first, last time.Time, cpu time.Duration) Summary {
 	s := Summary{Sent: sent, States: states}
 	if !first.IsZero() && last.After(first) {
