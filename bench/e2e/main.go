@@ -33,8 +33,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/xmpptrack/xmpptrack/bench/internal/report"
 	"github.com/xmpptrack/xmpptrack/integration/prosody"
+	"github.com/xmpptrack/xmpptrack/internal/report"
 )
 
 func main() {

@@ -40,7 +40,7 @@ import (
 	"mellium.im/xmpp"
 	"mellium.im/xmpp/jid"
 
-	"github.com/xmpptrack/xmpptrack/bench/internal/report"
+	"github.com/xmpptrack/xmpptrack/internal/report"
 )
 
 func main() {

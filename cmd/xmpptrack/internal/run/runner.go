@@ -13,6 +13,7 @@ import (
 	"mellium.im/xmpp/jid"
 
 	"github.com/xmpptrack/xmpptrack/chat"
+	"github.com/xmpptrack/xmpptrack/internal/report"
 	"github.com/xmpptrack/xmpptrack/muc"
 	"github.com/xmpptrack/xmpptrack/tracking"
 )
@@ -198,12 +199,12 @@ func (r *Runner) Progress() Progress {
 // messages sent, and the error is ctx's.
 func (r *Runner) Run(ctx context.Context, onOutcome func(Outcome)) (Summary, error) {
 	if r.cfg.N <= 0 {
-		return Summary{States: map[string]int{}, Goal: r.cfg.Goal}, errors.New("run: no messages to send")
+		return Summary{Summary: report.Summary{States: map[string]int{}}, Goal: r.cfg.Goal}, errors.New("run: no messages to send")
 	}
 	switch r.cfg.Goal {
 	case tracking.DeliveredToServer, tracking.DeliveredToRecipient, tracking.SeenByRecipient:
 	default:
-		return Summary{States: map[string]int{}, Goal: r.cfg.Goal}, fmt.Errorf("run: %v is not a goal", r.cfg.Goal)
+		return Summary{Summary: report.Summary{States: map[string]int{}}, Goal: r.cfg.Goal}, fmt.Errorf("run: %v is not a goal", r.cfg.Goal)
 	}
 	slots := make(chan struct{}, r.cfg.Window)
 	sendDone := make(chan struct{})

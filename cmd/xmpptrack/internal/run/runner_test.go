@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/xmpptrack/xmpptrack/internal/report"
 	"maps"
 	"strconv"
 	"sync"
@@ -250,13 +251,13 @@ func TestPercentile(t *testing.T) {
 	for i := 1; i <= 100; i++ {
 		ds = append(ds, time.Duration(i))
 	}
-	if p := Percentile(ds, 50); p != 50 {
+	if p := report.Percentile(ds, 50); p != 50 {
 		t.Errorf("p50 %d", p)
 	}
-	if p := Percentile(ds, 99); p != 99 {
+	if p := report.Percentile(ds, 99); p != 99 {
 		t.Errorf("p99 %d", p)
 	}
-	if p := Percentile(nil, 99); p != 0 {
+	if p := report.Percentile(nil, 99); p != 0 {
 		t.Errorf("empty %d", p)
 	}
 }

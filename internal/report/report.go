@@ -1,6 +1,7 @@
-// Package report is the JSON output that the benchmark's clients share with
-// "xmpptrack muc -json": one line per message at its outcome, then one
-// summary line.
+// Package report is the JSON output of "xmpptrack muc -json" and "xmpptrack
+// chat -json", which the benchmark's raw client writes too: one line per
+// message at its outcome, then one summary line; and the arithmetic of that
+// summary.
 package report
 
 import (
