@@ -1,6 +1,7 @@
 package tracking_test
 
 import (
+	"fmt"
 	"runtime"
 	"testing"
 	"time"
@@ -8,25 +9,40 @@ import (
 	. "github.com/xmpptrack/xmpptrack/tracking"
 )
 
-// BenchmarkTransition measures one transition delivered to one observer.
+// BenchmarkTransition measures one transition delivered to one observer,
+// while 1k, 10k or 100k trackers with a timeout are pending: the cost must
+// not depend on how many there are.
 func BenchmarkTransition(b *testing.B) {
-	const batch = 1024
-	trackers := make([]*MessageTracker, batch)
-	var n int
-	observe := func(Change) { n++ }
-	i := batch
-	for b.Loop() {
-		if i == batch {
-			b.StopTimer()
-			for j := range trackers {
-				trackers[j] = NewMessageTracker()
-				trackers[j].OnChange(observe)
+	for _, pending := range []int{1_000, 10_000, 100_000} {
+		b.Run(fmt.Sprintf("pending=%d", pending), func(b *testing.B) {
+			trackers := make([]*MessageTracker, pending)
+			var n int
+			observe := func(Change) { n++ }
+			i := pending
+			b.ReportAllocs()
+			for b.Loop() {
+				if i == pending {
+					b.StopTimer()
+					for j := range trackers {
+						if trackers[j] != nil {
+							trackers[j].Close()
+						}
+						trackers[j] = NewMessageTracker(WithTimeout(time.Hour))
+						trackers[j].OnChange(observe)
+					}
+					i = 0
+					b.StartTimer()
+				}
+				_ = trackers[i].Transition(DeliveredToServer, nil)
+				i++
 			}
-			i = 0
-			b.StartTimer()
-		}
-		_ = trackers[i].Transition(DeliveredToServer, nil)
-		i++
+			b.StopTimer()
+			for _, t := range trackers {
+				if t != nil {
+					t.Close()
+				}
+			}
+		})
 	}
 }
 
