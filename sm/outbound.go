@@ -41,8 +41,8 @@ func (o *Outbound[T]) Ack(h uint32, f func(T)) (int, error) {
 	if n == 0 || int32(n) < 0 {
 		return 0, nil
 	}
-	if n > uint32(o.q.len()) {
-		return 0, fmt.Errorf("%w: h=%d, sent=%d", ErrHandledCountTooHigh, h, o.sent)
+	if err := o.Check(h); err != nil {
+		return 0, err
 	}
 	for i := uint32(0); i < n; i++ {
 		item := o.q.pop()
@@ -52,6 +52,17 @@ func (o *Outbound[T]) Ack(h uint32, f func(T)) (int, error) {
 	}
 	o.acked = h
 	return int(n), nil
+}
+
+// Check returns an error wrapping ErrHandledCountTooHigh when h counts more
+// stanzas than were sent, and nil for any other h (including one behind the
+// latest acknowledgement, which Ack ignores).
+func (o *Outbound[T]) Check(h uint32) error {
+	n := h - o.acked
+	if int32(n) > 0 && n > uint32(o.q.len()) {
+		return fmt.Errorf("%w: h=%d, sent=%d", ErrHandledCountTooHigh, h, o.sent)
+	}
+	return nil
 }
 
 // SentCount returns the number of stanzas sent, mod 2^32: the h the server

@@ -39,6 +39,11 @@
 //     sends them again on its own. A new session is bound, stream
 //     management enabled again, and the queued stanzas are written there.
 //
+// An <a/> or <resumed/> whose h counts more stanzas than were sent is a
+// protocol violation: the stream writes the <handled-count-too-high/> stream
+// error of XEP-0198 and ends for good with ErrProtocol; no token becomes
+// ACKED by it.
+//
 // Config.OnEvent learns of each of these (EventResumed, EventNewSession…),
 // so that higher layers can, for example, join their rooms again after a
 // new session. Stats keeps a record of every reconnection attempt.

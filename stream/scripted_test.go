@@ -1395,3 +1395,30 @@ func TestScriptedDialContext(t *testing.T) {
 	}
 	checkNoStreamGoroutines(t)
 }
+
+// TestScriptedResumedTooHigh: a <resumed/> whose h counts more stanzas than
+// the client sent ends the stream for good with <handled-count-too-high/>;
+// no token is ACKED by it.
+func TestScriptedResumedTooHigh(t *testing.T) {
+	h := start(t, nil)
+	c := h.c
+	toks := h.send(ids("m", 1, 5)...)
+	c.Stanzas(t, 5)
+	c.Write(t, ackH(2))
+	waitState(t, stream.TokenAcked, toks[:2]...)
+	h.srv.OnResume(func(r fakeserver.Resume) string { return fakeserver.Resumed(r.PrevID, 9) })
+	c.Reset()
+	c2 := h.srv.Next(t)
+	c2.End(t)
+	got := c2.Received()
+	if want := "<handled-count-too-high xmlns='urn:xmpp:sm:3' h='9' send-count='5'/></stream:error></stream:stream>"; !strings.HasSuffix(got, want) {
+		t.Fatalf("the client wrote\n%s\nwant it to end with %s", got[max(0, len(got)-300):], want)
+	}
+	waitDone(t, h.s)
+	if err := h.s.Err(); !errors.Is(err, stream.ErrProtocol) || !errors.Is(err, sm.ErrHandledCountTooHigh) {
+		t.Fatalf("Err() = %v, want ErrProtocol and ErrHandledCountTooHigh", err)
+	}
+	checkState(t, stream.TokenAcked, toks[:2]...)
+	checkState(t, stream.TokenDisconnected, toks[2:]...)
+	checkNoStreamGoroutines(t)
+}

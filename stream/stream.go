@@ -434,6 +434,19 @@ func (s *Stream) reconnect(lost time.Time, resume bool, cause error) (*conn, err
 			continue
 		}
 		s.mu.Lock()
+		if err := s.out.Check(n.h); n.resumed && err != nil {
+			// The server claims to have handled more than we sent: nothing
+			// it says can be trusted. End the stream as XEP-0198 asks.
+			sent := s.out.SentCount()
+			s.mu.Unlock()
+			perr := fmt.Errorf("%w: <resumed/>: %w", ErrProtocol, err)
+			at.Outcome, at.Err = "error", perr
+			s.record(at)
+			c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+			c.nc.Write([]byte(sm.HandledCountTooHigh(n.h, sent) + "</stream:stream>"))
+			c.fail(perr)
+			return nil, perr
+		}
 		ev, settle := s.startSession(n)
 		s.stats.Connections++
 		at.Outcome = ev.Kind.String()
@@ -507,13 +520,8 @@ func (s *Stream) startSession(n *negotiated) (Event, func()) {
 	switch {
 	case n.resumed:
 		ev.Kind = EventResumed
-		k, err := s.out.Ack(n.h, collect)
-		if err != nil {
-			// The server claims to have handled more than we sent. Nothing
-			// it says can be trusted: resend everything; the receiver drops
-			// duplicates by id.
-			s.log.Warn("resumed with an h beyond what was sent", "err", err)
-		}
+		// reconnect has checked that h is not beyond what was sent.
+		k, _ := s.out.Ack(n.h, collect)
 		ev.Acked = k
 		ev.Resent = s.out.Len()
 		s.stats.Resumptions++
