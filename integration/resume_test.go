@@ -26,7 +26,9 @@ func viaProxy(p *faultproxy.Proxy) func(*stream.Config) {
 			var d net.Dialer
 			return d.DialContext(ctx, "tcp", p.Addr())
 		}
-		c.AckTimeout = 3 * time.Second
+		// Long enough for a negotiation on a loaded machine: an attempt
+		// that runs out of time is retried, but it makes the test slower.
+		c.AckTimeout = 10 * time.Second
 	}
 }
 
