@@ -61,15 +61,24 @@ type Option func(*Client)
 // reflection before it is TIMED_OUT. Zero or less disables the timeout.
 func WithTimeout(d time.Duration) Option { return func(c *Client) { c.timeout = d } }
 
+// DefaultRejoinTimeout bounds how long a rejoin after a new session waits
+// for the room's answer, unless WithRejoinTimeout says otherwise.
+const DefaultRejoinTimeout = 30 * time.Second
+
+// WithRejoinTimeout sets how long a rejoin after a new session waits for the
+// room's answer before the room is given up (EventRejoinFailed).
+func WithRejoinTimeout(d time.Duration) Option { return func(c *Client) { c.rejoinTimeout = d } }
+
 // WithEvents registers f to learn of room events, such as a rejoin after a
 // new session. f runs on its own goroutine, one event at a time per room.
 func WithEvents(f func(Event)) Option { return func(c *Client) { c.onEvent = f } }
 
 // A Client tracks the rooms one stream takes part in.
 type Client struct {
-	s       *stream.Stream
-	timeout time.Duration
-	onEvent func(Event)
+	s             *stream.Stream
+	timeout       time.Duration
+	rejoinTimeout time.Duration
+	onEvent       func(Event)
 
 	mu     sync.Mutex       // guards rooms and closed
 	rooms  map[string]*Room // by bare room JID
@@ -80,7 +89,7 @@ type Client struct {
 
 // NewClient attaches a MUC client to s. Close detaches it.
 func NewClient(s *stream.Stream, opts ...Option) *Client {
-	c := &Client{s: s, timeout: DefaultTimeout, rooms: make(map[string]*Room)}
+	c := &Client{s: s, timeout: DefaultTimeout, rejoinTimeout: DefaultRejoinTimeout, rooms: make(map[string]*Room)}
 	for _, o := range opts {
 		o(c)
 	}

@@ -1,8 +1,6 @@
 package muc
 
 import (
-	"time"
-
 	"mellium.im/xmpp/jid"
 
 	"github.com/xmpptrack/xmpptrack/stream"
@@ -42,12 +40,4 @@ func (r *Room) TrackForTest(id, originID string) *tracking.MessageTracker {
 	r.byID[id] = p
 	r.mu.Unlock()
 	return t
-}
-
-// SetRejoinTimeout sets how long a rejoin waits for the room's answer, and
-// returns a function that restores the previous value.
-func SetRejoinTimeout(d time.Duration) (restore func()) {
-	old := rejoinTimeout
-	rejoinTimeout = d
-	return func() { rejoinTimeout = old }
 }

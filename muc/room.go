@@ -477,14 +477,11 @@ func (r *Room) dropWritten() {
 	}
 }
 
-// rejoinTimeout bounds how long a rejoin waits for the room's answer.
-var rejoinTimeout = 30 * time.Second
-
 // rejoin joins the room again after the stream started a new session. When
 // a later rejoin starts before this one is answered, only the later one
 // reports.
 func (r *Room) rejoin() {
-	ctx, cancel := context.WithTimeout(context.Background(), rejoinTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), r.c.rejoinTimeout)
 	defer cancel()
 	r.mu.Lock()
 	r.rejoins++

@@ -727,8 +727,7 @@ func TestRejoinRefused(t *testing.T) {
 // TestRejoinTwice loses the new session before the room answered the rejoin:
 // the second rejoin succeeds and the room stays joined.
 func TestRejoinTwice(t *testing.T) {
-	defer muc.SetRejoinTimeout(200 * time.Millisecond)()
-	h := newHarness(t, harnessConfig{})
+	h := newHarness(t, harnessConfig{opts: []muc.Option{muc.WithRejoinTimeout(200 * time.Millisecond)}})
 	r := h.join(t)
 	h.conn.Reset()
 	h.conn = h.srv.Next(t)
