@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"mellium.im/xmpp"
+	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 	xstream "mellium.im/xmpp/stream"
 
@@ -445,7 +446,7 @@ func (s *Stream) dispatch(el *Element) {
 	}
 	reply := stanza.IQ{ID: id, Type: stanza.ResultIQ}
 	if from := el.Attr("from"); from != "" {
-		reply.To, _ = parseJID(from)
+		reply.To, _ = jid.Parse(from)
 	}
 	var body xml.TokenReader
 	if typ == "get" && isPing(el) {

@@ -326,7 +326,7 @@ func (s *Stream) Stats() Stats {
 
 // Close sends what is queued, waits for the server to acknowledge it, ends
 // the XML stream and closes the connection. When ctx ends first, Close stops
-// waiting and closes at once. Either way every token ends in a final state:
+// waiting, closes at once and returns an error wrapping ctx's. Either way every token ends in a final state:
 // acknowledged ones TokenAcked, written but unacknowledged ones
 // TokenDisconnected, the rest TokenFailed. No goroutine of the stream is
 // left running when Close returns.
@@ -355,14 +355,21 @@ func (s *Stream) Close(ctx context.Context) error {
 		close(s.closeCh)
 		s.cancel()
 	})
+	forced := false
 	select {
 	case <-s.done:
 	case <-ctx.Done():
 		s.forceOnce.Do(func() { close(s.forceCh) })
 		<-s.done
+		forced = true
 	}
 	if err := s.Err(); !errors.Is(err, ErrClosed) {
 		return err
+	}
+	if forced || (idle != nil && ctx.Err() != nil) {
+		// Close gave up waiting: stanzas may have ended DISCONNECTED or
+		// FAILED instead of ACKED.
+		return fmt.Errorf("stream: close: %w", ctx.Err())
 	}
 	return nil
 }
@@ -374,23 +381,21 @@ func (s *Stream) run(c *conn) {
 	defer close(s.done)
 	for {
 		err := s.serve(c)
+		ended := errors.Is(err, ErrClosed) || errors.Is(err, ErrProtocol)
 		s.mu.Lock()
 		s.cur = nil
 		s.stats.LastErr = err
+		if !ended {
+			s.stats.Disconnects++
+		}
 		s.mu.Unlock()
-		if errors.Is(err, ErrClosed) || errors.Is(err, ErrProtocol) {
+		if ended {
 			s.finish(err)
 			return
 		}
-		s.mu.Lock()
-		s.stats.Disconnects++
-		s.mu.Unlock()
 		s.log.Warn("connection lost", "err", err)
 		s.emit(Event{Kind: EventDisconnected, Err: err, Addr: s.Addr()})
-
-		var lost time.Time = time.Now()
-		resume := c.resumable()
-		c, err = s.reconnect(lost, resume, err)
+		c, err = s.reconnect(time.Now(), c.resumable(), err)
 		if err != nil {
 			s.finish(err)
 			return
@@ -574,5 +579,3 @@ func (s *Stream) startSession(n *negotiated) (Event, func()) {
 		}
 	}
 }
-
-func parseJID(s string) (jid.JID, error) { return jid.Parse(s) }
