@@ -105,7 +105,9 @@ type StanzaToken struct {
 	state TokenState
 	err   error
 	obs   notify.Serial[TokenChange]
-	done  chan struct{} // made on demand, closed at a final state
+	done  chan struct{} // made on demand, closed once the final state is settled
+	// settled is set once every observer has seen the final state.
+	settled bool
 }
 
 func newToken(id string) *StanzaToken {
@@ -135,6 +137,9 @@ func (t *StanzaToken) Err() error {
 // never concurrently with itself and never with the token's lock held.
 func (t *StanzaToken) Observe(f func(TokenChange)) {
 	t.mu.Lock()
+	if t.obs.Settled == nil {
+		t.obs.Settled = t.settleLocked
+	}
 	run := t.obs.Subscribe(f, TokenChange{State: t.state, Err: t.err})
 	t.mu.Unlock()
 	if run {
@@ -142,17 +147,30 @@ func (t *StanzaToken) Observe(f func(TokenChange)) {
 	}
 }
 
-// Done returns a channel that is closed when the token reaches a final state.
+// Done returns a channel that is closed when the token reaches a final
+// state, once every observer (Observe) has been told of it.
 func (t *StanzaToken) Done() <-chan struct{} {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.done == nil {
 		t.done = make(chan struct{})
-		if t.state.IsFinal() {
+		if t.settled {
 			close(t.done)
 		}
 	}
 	return t.done
+}
+
+// settleLocked closes Done once every observer has seen the final change,
+// so that a waiter never runs ahead of the observers. Called with t.mu
+// held.
+func (t *StanzaToken) settleLocked(c TokenChange) {
+	if c.State.IsFinal() {
+		t.settled = true
+		if t.done != nil {
+			close(t.done)
+		}
+	}
 }
 
 // Wait blocks until the token reaches a final state or ctx ends, and returns
@@ -189,12 +207,13 @@ func (t *StanzaToken) move(from, to TokenState, err error) bool {
 	}
 	t.state = to
 	t.err = err
-	run := t.obs.Emit(TokenChange{State: to, Err: err})
+	change := TokenChange{State: to, Err: err}
+	if t.obs.Settled == nil {
+		t.settleLocked(change) // nobody observes: settled at once
+	}
+	run := t.obs.Emit(change)
 	if to.IsFinal() {
 		t.obs.Drop()
-		if t.done != nil {
-			close(t.done)
-		}
 	}
 	t.mu.Unlock()
 	if run {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -30,6 +31,7 @@ var allowed = map[[2]TokenState]bool{
 func tokenIn(s TokenState) *StanzaToken {
 	t := newToken("id-" + s.String())
 	t.state = s
+	t.settled = s.IsFinal()
 	return t
 }
 
@@ -313,5 +315,25 @@ func TestTokenAbort(t *testing.T) {
 		if err := tokenIn(s).Abort(); !errors.Is(err, ErrNotQueued) {
 			t.Errorf("Abort in %v: %v, want ErrNotQueued", s, err)
 		}
+	}
+}
+
+// TestTokenDoneAfterObservers: Done closes (and Wait returns) only once every
+// observer has been told of the final change.
+func TestTokenDoneAfterObservers(t *testing.T) {
+	tok := newToken("x")
+	var seen atomic.Int32
+	tok.Observe(func(c TokenChange) {
+		if c.State.IsFinal() {
+			time.Sleep(20 * time.Millisecond)
+			seen.Add(1)
+		}
+	})
+	go tok.move(TokenQueued, TokenAborted, nil)
+	if st, err := tok.Wait(context.Background()); st != TokenAborted || err != nil {
+		t.Fatalf("Wait = %v, %v", st, err)
+	}
+	if seen.Load() != 1 {
+		t.Fatal("Wait returned before the observer saw the final change")
 	}
 }

@@ -46,8 +46,9 @@ type MessageTracker struct {
 	// mu guards every field below, and the queue of obs.
 	mu      sync.Mutex
 	state   MessageState
-	bound   bool   // Bind was called
-	timerID uint32 // identifies the armed timer; a timer that fires with an older id is stale
+	settled MessageState // the latest state every observer has seen; Wait and Done follow it
+	bound   bool         // Bind was called
+	timerID uint32       // identifies the armed timer; a timer that fires with an older id is stale
 	timer   *time.Timer
 	// history holds every change, in order. Entries are never modified once
 	// appended, so observers are handed sub-slices of it without copying.
@@ -63,6 +64,19 @@ type Option func(*MessageTracker)
 // WithTimeout arms the tracker's timeout at creation (see SetTimeout).
 func WithTimeout(d time.Duration) Option {
 	return func(t *MessageTracker) { t.SetTimeout(d) }
+}
+
+// settleLocked wakes the waiters (Wait, Done) for a change that every
+// observer has seen. Called with t.mu held.
+func (t *MessageTracker) settleLocked(to MessageState) {
+	t.settled = to
+	if t.changed != nil {
+		close(t.changed)
+		t.changed = nil
+	}
+	if to.IsFinal() && t.done != nil {
+		close(t.done)
+	}
 }
 
 // WithID records the stanza id of the tracked message (see ID).
@@ -154,17 +168,11 @@ func (t *MessageTracker) move(to MessageState, r *Response) (*notify.Serial[[]Ch
 	}
 	t.history = append(t.history, Change{From: t.state, To: to, At: time.Now(), Response: r})
 	t.state = to
-	if t.changed != nil {
-		close(t.changed)
-		t.changed = nil
-	}
 	if to >= DeliveredToRecipient {
 		t.stopTimer()
 	}
-	if to.IsFinal() && t.done != nil {
-		close(t.done)
-	}
 	if t.obs == nil {
+		t.settleLocked(to)
 		return nil, nil
 	}
 	n := len(t.history)
@@ -195,7 +203,7 @@ func (t *MessageTracker) OnChange(f func(Change)) {
 	}
 	t.mu.Lock()
 	if t.obs == nil {
-		t.obs = new(notify.Serial[[]Change])
+		t.obs = &notify.Serial[[]Change]{Settled: func(cs []Change) { t.settleLocked(cs[len(cs)-1].To) }}
 	}
 	n := len(t.history)
 	run := t.obs.Subscribe(each, t.history[:n:n])
@@ -210,13 +218,13 @@ func (t *MessageTracker) OnChange(f func(Change)) {
 }
 
 // Done returns a channel that is closed when the tracker reaches a final
-// state.
+// state, once every observer (OnChange) has been told of it.
 func (t *MessageTracker) Done() <-chan struct{} {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.done == nil {
 		t.done = make(chan struct{})
-		if t.state.IsFinal() {
+		if t.settled.IsFinal() {
 			close(t.done)
 		}
 	}
@@ -227,10 +235,12 @@ func (t *MessageTracker) Done() <-chan struct{} {
 // reached target or gone beyond it (DeliveredToServer is reached by a tracker
 // that went straight to DeliveredToRecipient). It returns the state then.
 // When ctx ends first, it returns the current state and ctx's error.
+// Wait returns only once every observer (OnChange) has been told of the
+// change it returns for, so that what observers do is visible to the caller.
 func (t *MessageTracker) Wait(ctx context.Context, target MessageState) (MessageState, error) {
 	for {
 		t.mu.Lock()
-		s := t.state
+		s := t.settled
 		if s.IsFinal() || s >= target {
 			t.mu.Unlock()
 			return s, nil

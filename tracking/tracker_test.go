@@ -755,3 +755,27 @@ func TestTrackerDoesNotKeepToken(t *testing.T) {
 		}
 	}
 }
+
+// TestWaitAfterObservers: Wait and Done return only once every observer has
+// been told of the change, so that what an observer does is visible to the
+// waiter.
+func TestWaitAfterObservers(t *testing.T) {
+	tr := NewMessageTracker()
+	var seen atomic.Int32
+	tr.OnChange(func(c Change) {
+		time.Sleep(20 * time.Millisecond)
+		seen.Add(1)
+	})
+	go tr.Transition(DeliveredToRecipient, nil)
+	if st, err := tr.Wait(context.Background(), DeliveredToRecipient); st != DeliveredToRecipient || err != nil {
+		t.Fatalf("Wait = %v, %v", st, err)
+	}
+	if seen.Load() != 1 {
+		t.Fatal("Wait returned before the observer saw the change")
+	}
+	go tr.Close()
+	<-tr.Done()
+	if seen.Load() != 2 {
+		t.Fatal("Done closed before the observer saw the final change")
+	}
+}

@@ -10,6 +10,10 @@
 // progress delivers the queue after unlocking. An observer that causes another
 // change (for example by closing a tracker from its callback) does not recurse:
 // the new event is queued and delivered by the loop that is already running.
+//
+// Settled lets the owner learn, with its lock held, when every observer has
+// seen an event: owners wake their waiters (Wait, Done) there, so that a
+// waiter never runs ahead of the observers.
 package notify
 
 import "sync"
@@ -17,6 +21,12 @@ import "sync"
 // Serial queues events for a set of observers. Its zero value is ready to use.
 // Every method must be called with the owner's lock held, except Deliver.
 type Serial[E any] struct {
+	// Settled, if set, is called with the owner's lock held once every
+	// observer has seen an emitted event, in the order of Emit: by Emit
+	// itself when there is nobody to tell and nothing queued, otherwise by
+	// Deliver.
+	Settled func(E)
+
 	observers []func(E)
 	pending   []delivery[E]
 	head      int
@@ -24,8 +34,9 @@ type Serial[E any] struct {
 }
 
 type delivery[E any] struct {
-	event E
-	to    []func(E)
+	event  E
+	to     []func(E)
+	settle bool // an emitted change, not the replay of Subscribe
 }
 
 // Len reports how many observers are registered.
@@ -34,10 +45,13 @@ func (s *Serial[E]) Len() int { return len(s.observers) }
 // Emit queues e for every observer registered now. It reports whether the
 // caller must call Deliver after releasing its lock.
 func (s *Serial[E]) Emit(e E) bool {
-	if len(s.observers) == 0 {
+	if len(s.observers) == 0 && !s.running {
+		if s.Settled != nil {
+			s.Settled(e)
+		}
 		return false
 	}
-	return s.queue(delivery[E]{event: e, to: s.observers})
+	return s.queue(delivery[E]{event: e, to: s.observers, settle: true})
 }
 
 // Subscribe registers f and queues initial for f alone, so that f first learns
@@ -70,8 +84,13 @@ func (s *Serial[E]) queue(d delivery[E]) bool {
 // lock; Deliver must be called without it held, and only when Emit or
 // Subscribe asked for it.
 func (s *Serial[E]) Deliver(mu sync.Locker) {
+	var done delivery[E] // delivered, not yet settled
 	for {
 		mu.Lock()
+		if done.settle && s.Settled != nil {
+			s.Settled(done.event)
+		}
+		done = delivery[E]{}
 		if s.head == len(s.pending) {
 			clear(s.pending)
 			s.pending = s.pending[:0]
@@ -87,5 +106,6 @@ func (s *Serial[E]) Deliver(mu sync.Locker) {
 		for _, f := range d.to {
 			f(d.event)
 		}
+		done = d
 	}
 }
