@@ -358,19 +358,23 @@ func (r *Runner) short(f *flight, at time.Time) {
 		return
 	}
 	err := fmt.Errorf("not %v before the timeout", r.cfg.Goal)
-	if r.finish(f, Outcome{Index: f.index, ID: f.tr.ID(), State: tracking.DeliveredToRecipient, Latency: at.Sub(f.t0), Err: err}) {
-		_ = f.tr.Close()
-	}
+	// The tracker is closed before the outcome is recorded, so that once
+	// Run has returned no tracker of its is left open.
+	r.finish(f, Outcome{Index: f.index, ID: f.tr.ID(), State: tracking.DeliveredToRecipient, Latency: at.Sub(f.t0), Err: err},
+		func() { _ = f.tr.Close() })
 }
 
 // finish records f's outcome o unless it has one already, and reports
 // whether it did.
-func (r *Runner) finish(f *flight, o Outcome) bool {
+func (r *Runner) finish(f *flight, o Outcome, before ...func()) bool {
 	if !f.done.CompareAndSwap(false, true) {
 		return false
 	}
 	if f.timer != nil {
 		f.timer.Stop()
+	}
+	for _, b := range before {
+		b()
 	}
 	r.record(o)
 	return true
