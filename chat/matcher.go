@@ -340,11 +340,6 @@ func (m *Matcher) handleError(el *stream.Element, from string) {
 	}
 	t := e.t
 	hdr := m.headerLocked(el.Start, e.peer, from)
-	if t.State() < tracking.DeliveredToRecipient {
-		// The error will end the tracker: forget the message now, so that
-		// no one sees it pending after the tracker is final.
-		m.unlinkLocked(e)
-	}
 	m.mu.Unlock()
 	se, ok := xstanza.Error(el.Inner)
 	if !ok {

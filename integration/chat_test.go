@@ -57,20 +57,14 @@ func newChatLog(s *stream.Stream) *chatLog {
 
 func (l *chatLog) waitFor(t testing.TB, n int, d time.Duration) []received {
 	t.Helper()
-	deadline := time.After(d)
-	for {
+	var got []received
+	waitUntil(t, l.signal, d, func() (bool, string) {
 		l.mu.Lock()
-		got := append([]received(nil), l.msgs...)
+		got = append([]received(nil), l.msgs...)
 		l.mu.Unlock()
-		if len(got) >= n {
-			return got
-		}
-		select {
-		case <-l.signal:
-		case <-deadline:
-			t.Fatalf("received %d of %d messages", len(got), n)
-		}
-	}
+		return len(got) >= n, fmt.Sprintf("received %d of %d messages", len(got), n)
+	})
+	return got
 }
 
 // markerLog counts the messages carrying a receipt or a chat marker that a
@@ -121,20 +115,12 @@ func newMarkerLog(s *stream.Stream) *markerLog {
 
 func (l *markerLog) waitFor(t testing.TB, n int, d time.Duration) {
 	t.Helper()
-	deadline := time.After(d)
-	for {
+	waitUntil(t, l.signal, d, func() (bool, string) {
 		l.mu.Lock()
 		got := l.total
 		l.mu.Unlock()
-		if got >= n {
-			return
-		}
-		select {
-		case <-l.signal:
-		case <-deadline:
-			t.Fatalf("saw %d of %d receipts and markers", got, n)
-		}
-	}
+		return got >= n, fmt.Sprintf("saw %d of %d receipts and markers", got, n)
+	})
 }
 
 // available sends s's initial presence, so that the server delivers
@@ -432,21 +418,7 @@ func TestChatUnderCuts(t *testing.T) {
 	const n, cuts = 1000, 6
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cutDone := make(chan struct{})
-	go func() {
-		defer close(cutDone)
-		for i := 1; i <= cuts; i++ {
-			// Cut a live connection each time, while messages flow.
-			for st := alice.Stats(); st.Sent < uint64(i*n/(cuts+1)) || st.Connections < i; st = alice.Stats() {
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(2 * time.Millisecond):
-				}
-			}
-			p.Cut()
-		}
-	}()
+	cutDone := cutWhileSending(ctx, alice, n, cuts, true, p.Cut)
 	trs := make([]*tracking.MessageTracker, n)
 	for i := range n {
 		tr, err := c.SendTracked(ctx, bob.Addr(), fmt.Sprintf("cut %d", i))

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -115,23 +116,11 @@ func newArrivals(s *stream.Stream, id string) *arrivals {
 // waitFrom waits until a message from from has arrived.
 func (a *arrivals) waitFrom(t testing.TB, from string, d time.Duration) {
 	t.Helper()
-	deadline := time.After(d)
-	for {
+	waitUntil(t, a.signal, d, func() (bool, string) {
 		a.mu.Lock()
-		for _, f := range a.from {
-			if f == from {
-				a.mu.Unlock()
-				return
-			}
-		}
-		got := append([]string(nil), a.from...)
-		a.mu.Unlock()
-		select {
-		case <-a.signal:
-		case <-deadline:
-			t.Fatalf("no message %s from %s; got it from %q", a.id, from, got)
-		}
-	}
+		defer a.mu.Unlock()
+		return slices.Contains(a.from, from), fmt.Sprintf("no message %s from %s; got it from %q", a.id, from, a.from)
+	})
 }
 
 func (a *arrivals) senders() []string {
@@ -244,22 +233,7 @@ func TestMUCUnderCuts(t *testing.T) {
 	const n, window, cuts = 2000, 50, 5
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	base := alice.Stats()
-	cutDone := make(chan struct{})
-	go func() {
-		defer close(cutDone)
-		for i := 1; i <= cuts; i++ {
-			// Cut a live stream each time, while messages flow.
-			for st := alice.Stats(); st.Sent < base.Sent+uint64(i*n/(cuts+1)) || st.Connections < base.Connections+i-1; st = alice.Stats() {
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(time.Millisecond):
-				}
-			}
-			p.Cut()
-		}
-	}()
+	cutDone := cutWhileSending(ctx, alice, n, cuts, true, p.Cut)
 	trs := sendWindow(t, ctx, ra, n, window, "cut %d")
 	<-cutDone
 

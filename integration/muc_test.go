@@ -80,20 +80,12 @@ func newGroupchatLog(s *stream.Stream, fromNick string) *groupchatLog {
 
 func (l *groupchatLog) waitFor(t testing.TB, n int, d time.Duration) {
 	t.Helper()
-	deadline := time.After(d)
-	for {
+	waitUntil(t, l.signal, d, func() (bool, string) {
 		l.mu.Lock()
 		k := len(l.bodies)
 		l.mu.Unlock()
-		if k >= n {
-			return
-		}
-		select {
-		case <-l.signal:
-		case <-deadline:
-			t.Fatalf("saw %d of %d distinct messages", k, n)
-		}
-	}
+		return k >= n, fmt.Sprintf("saw %d of %d distinct messages", k, n)
+	})
 }
 
 // sendWindow sends n tracked messages with at most window awaiting their

@@ -32,6 +32,30 @@ func viaProxy(p *faultproxy.Proxy) func(*stream.Config) {
 	}
 }
 
+// cutWhileSending calls cut `cuts` times while s sends n more stanzas, spread
+// evenly over them; with live set, each cut waits for the connection that
+// the previous one broke to be back, so that every cut hits a live stream.
+// The returned channel is closed after the last cut, or when ctx ends.
+func cutWhileSending(ctx context.Context, s *stream.Stream, n, cuts int, live bool, cut func()) <-chan struct{} {
+	base := s.Stats()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 1; i <= cuts; i++ {
+			for st := s.Stats(); st.Sent < base.Sent+uint64(i*n/(cuts+1)) ||
+				(live && st.Connections < base.Connections+i-1); st = s.Stats() {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(time.Millisecond):
+				}
+			}
+			cut()
+		}
+	}()
+	return done
+}
+
 func newProxy(t *testing.T, srv *prosody.Server) *faultproxy.Proxy {
 	t.Helper()
 	p, err := faultproxy.New(srv.Addr())
@@ -88,21 +112,7 @@ func TestResumeUnderCuts(t *testing.T) {
 	defer cancel()
 	counter := &ackCounter{acked: make(map[*stream.StanzaToken]int)}
 	toks := make([]*stream.StanzaToken, 0, n)
-	cutDone := make(chan struct{})
-	go func() {
-		defer close(cutDone)
-		for i := 1; i <= cuts; i++ {
-			// Cut a live, resumed stream each time, while messages flow.
-			for st := alice.Stats(); st.Sent < uint64(i*n/(cuts+1)) || st.Connections < i; st = alice.Stats() {
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(2 * time.Millisecond):
-				}
-			}
-			p.Cut()
-		}
-	}()
+	cutDone := cutWhileSending(ctx, alice, n, cuts, true, p.Cut)
 	for i := range n {
 		tok, err := alice.Send(ctx, chat(bob.Addr(), fmt.Sprintf("msg %d", i)))
 		if err != nil {
@@ -320,20 +330,7 @@ func TestRawCutsEndTruthfully(t *testing.T) {
 
 	const n, cuts = 600, 4
 	toks := make([]*stream.StanzaToken, 0, n)
-	cutDone := make(chan struct{})
-	go func() {
-		defer close(cutDone)
-		for i := 1; i <= cuts; i++ {
-			for st := alice.Stats(); st.Sent < uint64(i*n/(cuts+1)); st = alice.Stats() {
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(time.Millisecond):
-				}
-			}
-			p.CutRaw()
-		}
-	}()
+	cutDone := cutWhileSending(ctx, alice, n, cuts, false, p.CutRaw)
 	for i := range n {
 		tok, err := alice.Send(ctx, chat(bob.Addr(), fmt.Sprintf("raw %d", i)))
 		if err != nil {

@@ -83,18 +83,30 @@ func newInbox(s *stream.Stream) *inbox {
 
 func (in *inbox) waitFor(t testing.TB, n int, d time.Duration) []string {
 	t.Helper()
+	var got []string
+	waitUntil(t, in.signal, d, func() (bool, string) {
+		in.mu.Lock()
+		got = append([]string(nil), in.bodies...)
+		in.mu.Unlock()
+		return len(got) >= n, fmt.Sprintf("received %d of %d messages", len(got), n)
+	})
+	return got
+}
+
+// waitUntil calls check at once and after every signal until it reports
+// true; after d it fails t with what check said last.
+func waitUntil(t testing.TB, signal <-chan struct{}, d time.Duration, check func() (ok bool, status string)) {
+	t.Helper()
 	deadline := time.After(d)
 	for {
-		in.mu.Lock()
-		got := append([]string(nil), in.bodies...)
-		in.mu.Unlock()
-		if len(got) >= n {
-			return got
+		ok, status := check()
+		if ok {
+			return
 		}
 		select {
-		case <-in.signal:
+		case <-signal:
 		case <-deadline:
-			t.Fatalf("received %d of %d messages", len(got), n)
+			t.Fatal(status)
 		}
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"mellium.im/xmpp/stanza"
+
+	xstanza "github.com/xmpptrack/xmpptrack/stanza"
 )
 
 // NS is the XEP-0198 namespace this package speaks.
@@ -51,7 +53,7 @@ func AppendEnable(b []byte, resume bool, max time.Duration) []byte {
 // AppendResume appends <resume previd='…' h='…'/>.
 func AppendResume(b []byte, previd string, h uint32) []byte {
 	b = append(b, `<resume xmlns='urn:xmpp:sm:3' previd='`...)
-	b = appendAttrValue(b, previd)
+	b = xstanza.AppendEscaped(b, previd)
 	b = append(b, `' h='`...)
 	b = strconv.AppendUint(b, uint64(h), 10)
 	return append(b, `'/>`...)
@@ -206,27 +208,4 @@ func parseBool(v string) (bool, error) {
 		return false, nil
 	}
 	return false, fmt.Errorf("%w: resume=%q", ErrMalformed, v)
-}
-
-func appendAttrValue(b []byte, v string) []byte {
-	for i := 0; i < len(v); i++ {
-		switch c := v[i]; c {
-		case '&':
-			b = append(b, "&amp;"...)
-		case '<':
-			b = append(b, "&lt;"...)
-		case '\'':
-			b = append(b, "&apos;"...)
-		case '"':
-			b = append(b, "&quot;"...)
-		case '\t', '\n', '\r':
-			// A parser normalises these to spaces (or \r to \n) when
-			// they are written as they are.
-			b = append(b, "&#x"...)
-			b = append(b, "0123456789ABCDEF"[c>>4], "0123456789ABCDEF"[c&0xf], ';')
-		default:
-			b = append(b, c)
-		}
-	}
-	return b
 }

@@ -30,7 +30,9 @@ func NewID() string {
 }
 
 // AppendEscaped appends s to b escaped for use in XML character data or in an
-// attribute value quoted with either quote character.
+// attribute value quoted with either quote character. Tab, newline and
+// carriage return are written as character references, so that they survive
+// a parser's normalisation of attribute values and line ends.
 func AppendEscaped(b []byte, s string) []byte {
 	last := 0
 	for i := 0; i < len(s); i++ {
@@ -46,6 +48,10 @@ func AppendEscaped(b []byte, s string) []byte {
 			esc = "&apos;"
 		case '"':
 			esc = "&quot;"
+		case '\t':
+			esc = "&#x9;"
+		case '\n':
+			esc = "&#xA;"
 		case '\r':
 			esc = "&#xD;"
 		default:

@@ -28,7 +28,7 @@ func TestValidText(t *testing.T) {
 }
 
 func TestAppendEscapedRoundTrip(t *testing.T) {
-	for _, s := range []string{"", "plain", "<a href='x'>&\"amp\"</a>", "cr\rlf\n", "héllo ✓"} {
+	for _, s := range []string{"", "plain", "<a href='x'>&\"amp\"</a>", "cr\rlf\n", "tab\tin attribute\n", "héllo ✓"} {
 		b := append([]byte("<x a='"), AppendEscaped(nil, s)...)
 		b = append(b, "'>"...)
 		b = AppendEscaped(b, s)
