@@ -16,9 +16,11 @@
 // # Acknowledgement
 //
 // Outbound.Ack takes the h of an <a/>, <resumed/> or <failed/> and releases,
-// in the order they were sent, exactly the stanzas the server has counted. An
-// h older than the last one is ignored. An h that counts more stanzas than were
-// sent is a protocol violation: Ack returns an error wrapping
+// in the order they were sent, exactly the stanzas the server has counted. The
+// client knows what it sent, so h must lie between the latest acknowledgement
+// and the number of stanzas sent; any other h (one that counts more than was
+// sent, or one "behind" the latest acknowledgement, which mod 2^32 is the
+// same thing) is a protocol violation: Ack returns an error wrapping
 // ErrHandledCountTooHigh and the stream must be closed with the
 // <handled-count-too-high/> stream error (HandledCountTooHigh gives it).
 //
@@ -29,4 +31,13 @@
 // stream acknowledges up to h when the server gave one, and the rest are lost:
 // they are handed back by Outbound.Reset and must be reported as not
 // acknowledged, never as delivered and never silently sent again.
+//
+// # Pacing and dead links
+//
+// Pacer holds the rest of the protocol's timing for one connection: when to
+// ask the server for an acknowledgement, when to answer its requests, when to
+// probe an idle link, and when a link that stays silent is dead. It measures
+// the round trip of each request and adapts the dead-link timeout to it, as
+// TCP adapts its retransmission timeout (RFC 6298). Time is an argument of
+// every method, so each decision is tested without sleeping.
 package sm

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"mellium.im/xmpp/stanza"
@@ -190,12 +191,23 @@ func attr(start xml.StartElement, local string) (string, bool) {
 	return "", false
 }
 
-// parseCount accepts exactly what XEP-0198 allows for h: an unsigned 32-bit
-// decimal integer, in its canonical form (no sign, no leading zero).
+// parseCount reads an h: an xs:unsignedInt, so surrounding white space, a
+// leading + (or - before a zero) and leading zeros are all valid, as long as
+// the value fits in 32 bits.
 func parseCount(v string) (uint32, error) {
-	n, err := strconv.ParseUint(v, 10, 32)
-	if err != nil || v == "" || v[0] == '+' || (v[0] == '0' && len(v) > 1) {
-		return 0, fmt.Errorf("%w: h=%q is not an unsigned 32-bit integer", ErrMalformed, v)
+	bad := fmt.Errorf("%w: h=%q is not an unsigned 32-bit integer", ErrMalformed, v)
+	d := strings.Trim(v, " \t\r\n")
+	neg := false
+	if d != "" && (d[0] == '+' || d[0] == '-') {
+		neg = d[0] == '-'
+		d = d[1:]
+	}
+	if d == "" || d[0] < '0' || d[0] > '9' {
+		return 0, bad
+	}
+	n, err := strconv.ParseUint(d, 10, 32)
+	if err != nil || (neg && n != 0) {
+		return 0, bad
 	}
 	return uint32(n), nil
 }

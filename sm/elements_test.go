@@ -121,6 +121,13 @@ func TestParseH(t *testing.T) {
 		"10":         10,
 		"2147483648": 2147483648,
 		"4294967295": 4294967295,
+		// xs:unsignedInt allows a sign, leading zeros and white space.
+		"05":             5,
+		"+5":             5,
+		"00":             0,
+		"-0":             0,
+		" 7\n":           7,
+		"+0004294967295": 4294967295,
 	}
 	for v, want := range good {
 		got, err := ParseH(startWith("a", "h", v))
@@ -128,7 +135,7 @@ func TestParseH(t *testing.T) {
 			t.Errorf("ParseH(h=%q) = %d, %v; want %d, nil", v, got, err, want)
 		}
 	}
-	bad := []string{"", "-1", "+1", "4294967296", "18446744073709551616", "1.0", " 1", "1 ", "0x10", "1e3", "1_000", "٣", "abc", "00", "01"}
+	bad := []string{"", " ", "+", "-", "-1", "++1", "+-0", "4294967296", "18446744073709551616", "1.0", "1 2", "0x10", "1e3", "1_000", "٣", "abc", "\v1"}
 	for _, v := range bad {
 		got, err := ParseH(startWith("a", "h", v))
 		if !errors.Is(err, ErrMalformed) {

@@ -32,18 +32,17 @@ func (o *Outbound[T]) Sent(item T) {
 // all, calling f for each newly acknowledged item in the order they were sent.
 // It returns how many were acknowledged.
 //
-// An h at or behind the latest acknowledgement (in the serial number order of
-// the 32-bit counter) acknowledges nothing and is not an error. An h ahead of
-// the number of stanzas sent returns an error wrapping ErrHandledCountTooHigh
+// The client knows exactly what it sent, so the only valid values of h are
+// the latest acknowledgement (which acknowledges nothing) up to the number of
+// stanzas sent. Any other h, including one "behind" the latest
+// acknowledgement in the 32-bit counter, counts stanzas that the unacked
+// queue cannot cover: Ack returns an error wrapping ErrHandledCountTooHigh
 // and changes nothing. The cost is O(1) per acknowledged item.
 func (o *Outbound[T]) Ack(h uint32, f func(T)) (int, error) {
-	n := h - o.acked // mod 2^32
-	if n == 0 || int32(n) < 0 {
-		return 0, nil
-	}
 	if err := o.Check(h); err != nil {
 		return 0, err
 	}
+	n := h - o.acked // mod 2^32
 	for i := uint32(0); i < n; i++ {
 		item := o.q.pop()
 		if f != nil {
@@ -54,13 +53,12 @@ func (o *Outbound[T]) Ack(h uint32, f func(T)) (int, error) {
 	return int(n), nil
 }
 
-// Check returns an error wrapping ErrHandledCountTooHigh when h counts more
-// stanzas than were sent, and nil for any other h (including one behind the
-// latest acknowledgement, which Ack ignores).
+// Check returns an error wrapping ErrHandledCountTooHigh when h is not
+// between the latest acknowledgement and the number of stanzas sent (mod
+// 2^32), and nil otherwise.
 func (o *Outbound[T]) Check(h uint32) error {
-	n := h - o.acked
-	if int32(n) > 0 && n > uint32(o.q.len()) {
-		return fmt.Errorf("%w: h=%d, sent=%d", ErrHandledCountTooHigh, h, o.sent)
+	if n := h - o.acked; n > uint32(o.q.len()) {
+		return fmt.Errorf("%w: h=%d, sent=%d, acknowledged=%d", ErrHandledCountTooHigh, h, o.sent, o.acked)
 	}
 	return nil
 }
