@@ -225,7 +225,7 @@ func (c *Client) streamEvent(ev stream.Event) {
 		return
 	}
 	for _, r := range c.Rooms() {
-		r.dropWritten()
+		r.dropWritten(ev.Session)
 		r.mu.Lock()
 		left := r.left
 		r.mu.Unlock()

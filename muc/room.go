@@ -458,13 +458,18 @@ func (r *Room) end(err error) {
 // dropWritten ends CLOSED every pending message that was written before the
 // stream started a new session: the room's answer to it, if any, went to
 // the session that is gone. Messages still queued are written on the new
-// session and stay pending. Called from the stream's event, before the new
-// session writes anything.
-func (r *Room) dropWritten() {
+// session and stay pending. Called from the stream's event; session is the
+// new session's number.
+func (r *Room) dropWritten(session uint64) {
 	var ps []*pending
 	r.mu.Lock()
 	for _, p := range r.byID {
-		if p.tok != nil && p.tok.State() != stream.TokenQueued {
+		// Only what the lost session wrote: the stream may already have
+		// written more in the new one by the time this runs.
+		if p.tok == nil {
+			continue
+		}
+		if w := p.tok.Session(); w != 0 && w < session {
 			ps = append(ps, p)
 		}
 	}

@@ -11,6 +11,8 @@ import (
 
 	"mellium.im/sasl"
 	"mellium.im/xmpp/jid"
+
+	"github.com/xmpptrack/xmpptrack/sm"
 )
 
 // Errors reported by a Stream. Token errors and Stream.Err wrap them, so they
@@ -25,8 +27,18 @@ var (
 	ErrConnectionLost = errors.New("stream: connection lost")
 	// ErrResumeRefused: the server refused to resume the previous session.
 	ErrResumeRefused = errors.New("stream: resumption refused")
-	// ErrAckTimeout: an ack request went unanswered for Config.AckTimeout.
+	// ErrAckTimeout: an ack request went unanswered and the server sent
+	// nothing meanwhile, for longer than the dead-link timeout (see
+	// Config.AckTimeout): the link is taken for dead.
 	ErrAckTimeout = errors.New("stream: no answer to ack request")
+	// ErrIQLost: SendIQ's request or its reply was lost with the session,
+	// so no reply will come.
+	ErrIQLost = errors.New("stream: IQ lost with the session")
+	// ErrUnreadable: the server sent input that the stream could not read.
+	// A connection lost to it is resumed like any other; when the same
+	// stanza comes back on every resumption, the stream starts a new
+	// session instead, and EventNewSession's Err wraps ErrUnreadable.
+	ErrUnreadable = errors.New("stream: unreadable input from the server")
 	// ErrProtocol: the server broke XEP-0198 (for example an h beyond what
 	// was sent); the stream is closed for good.
 	ErrProtocol = errors.New("stream: protocol violation by the server")
@@ -80,11 +92,23 @@ type Config struct {
 	// AnswerDelay is how long an answer to the server's ack request may
 	// wait to travel with the next stanzas written. Default 5ms.
 	AnswerDelay time.Duration
-	// AckTimeout is how long an ack request may go unanswered before the
-	// connection is taken for dead. Default 30s.
+	// AckTimeout is the longest an ack request may go unanswered before
+	// the connection is taken for dead, whatever else the server sends; it
+	// also bounds each reconnection attempt. Default 30s.
+	//
+	// A link is taken for dead sooner when a request goes unanswered and
+	// nothing at all arrives for the dead-link timeout: twice the smoothed
+	// ack round trip plus four times its variance, measured by the stream
+	// as TCP measures its own (RFC 6298), and never less than
+	// MinAckTimeout.
 	AckTimeout time.Duration
-	// KeepAlive sends an ack request when nothing was received for this long,
-	// so that a silent dead connection is noticed. Default 60s.
+	// MinAckTimeout is the floor of the dead-link timeout. Default 3s (or
+	// AckTimeout, if less).
+	MinAckTimeout time.Duration
+	// KeepAlive sends an ack request (a whitespace keepalive without stream
+	// management) when nothing was received for this long, so that a link
+	// that died while idle is noticed before the next stanza waits on it.
+	// Default 30s.
 	KeepAlive time.Duration
 	// Backoff paces reconnection attempts.
 	Backoff Backoff
@@ -99,6 +123,19 @@ type Config struct {
 	OnEvent func(Event)
 	// Logger receives debug and warning logs. Default: discard.
 	Logger *slog.Logger
+}
+
+// pacer is the ack timing of a connection, for sm.Pacer.
+func (c *Config) pacer() sm.PacerConfig {
+	return sm.PacerConfig{
+		RequestEvery: c.RequestEvery,
+		RequestDelay: c.RequestDelay,
+		MaxUnacked:   c.MaxUnacked,
+		AnswerDelay:  c.AnswerDelay,
+		MinDead:      c.MinAckTimeout,
+		MaxDead:      c.AckTimeout,
+		Idle:         c.KeepAlive,
+	}
 }
 
 // Backoff is the delay between reconnection attempts: it starts at Min, is
@@ -142,8 +179,12 @@ func (c Config) withDefaults() Config {
 	if c.AckTimeout <= 0 {
 		c.AckTimeout = 30 * time.Second
 	}
+	if c.MinAckTimeout <= 0 {
+		c.MinAckTimeout = 3 * time.Second
+	}
+	c.MinAckTimeout = min(c.MinAckTimeout, c.AckTimeout)
 	if c.KeepAlive <= 0 {
-		c.KeepAlive = 60 * time.Second
+		c.KeepAlive = 30 * time.Second
 	}
 	if c.Backoff.Min <= 0 {
 		c.Backoff.Min = 100 * time.Millisecond
@@ -224,6 +265,12 @@ type Event struct {
 	// Resent those written again after a resumption, and Lost those that
 	// became TokenDisconnected.
 	Acked, Resent, Lost int
+	// Session numbers the sessions of the stream from 1; a resumed session
+	// keeps its number, a new session has the next. StanzaToken.Session
+	// tells in which session a stanza was written, so that a listener of
+	// EventNewSession can tell stanzas of the lost session from those the
+	// stream has already written in the new one.
+	Session uint64
 }
 
 // Stats are counters of a stream's life, for logs and metrics.
@@ -241,6 +288,10 @@ type Stats struct {
 	LastErr      error
 	SMEnabled    bool
 	ResumeWindow time.Duration // the server's max, 0 if unknown
+	// AckRTT is the smoothed ack round trip of the live connection, and
+	// DeadAfter its dead-link timeout (see Config.AckTimeout); both 0 while
+	// disconnected.
+	AckRTT, DeadAfter time.Duration
 }
 
 // Attempt records one reconnection attempt and its outcome.

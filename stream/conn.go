@@ -25,26 +25,20 @@ type conn struct {
 	raw  net.Conn // the TCP connection below it
 	sess *xmpp.Session
 	kick chan struct{} // wakes the writer; capacity 1
-	dead chan struct{} // closed by fail
+	dead chan struct{} // closed by fail or shut
 	once sync.Once
 	err  error // why the connection ended; set once, before dead closes
 	wg   sync.WaitGroup
 
 	// Guarded by Stream.mu:
+	pace      *sm.Pacer     // when to request, answer, probe; when the link is dead
+	answered  uint32        // the h of our last <a/>
 	resumed   bool          // the connection resumed a session
 	resend    bool          // the writer must first write the unacked stanzas again
-	answerAt  time.Time     // when the server asked for an ack; zero if answered
-	reqOut    bool          // our <r/> awaits an <a/>
-	reqAt     time.Time     // when it was sent
-	sinceReq  int           // stanzas written since the last <r/>
-	lastWrite time.Time     // when stanzas were last written
-	needReq   bool          // send an <r/> even if nothing new was written
-	confirmed bool          // an <a/> arrived on this connection
-	since     time.Time     // last time anything was read
 	closing   bool          // Close: write </stream:stream> after the queue
-	final     []byte        // a stream error to write before closing
+	final     []byte        // the end of our stream to write, then stop writing
 	finalDone chan struct{} // closed by the writer once final is written
-	ended     bool          // the server ended its stream (not resumable)
+	ended     bool          // the XML stream ended (not resumable)
 }
 
 func (c *conn) wake() {
@@ -55,7 +49,8 @@ func (c *conn) wake() {
 }
 
 // fail ends the connection abruptly, without </stream:stream>, so that the
-// server keeps the session for resumption.
+// server keeps the session for resumption. The reset also discards what the
+// kernel still holds for a link that is dead anyway.
 func (c *conn) fail(err error) {
 	c.once.Do(func() {
 		c.err = err
@@ -63,6 +58,17 @@ func (c *conn) fail(err error) {
 		if tc, ok := c.raw.(*net.TCPConn); ok {
 			tc.SetLinger(0)
 		}
+		c.raw.Close()
+	})
+}
+
+// shut ends the connection after the XML stream ended cleanly: a plain close
+// (a FIN, not a reset), so that the server's kernel delivers everything we
+// wrote, such as a last <a h/> or a stream error.
+func (c *conn) shut(err error) {
+	c.once.Do(func() {
+		c.err = err
+		close(c.dead)
 		c.raw.Close()
 	})
 }
@@ -77,18 +83,24 @@ func (c *conn) resumable() bool {
 	// symptom of a server that lost track of the stream (Prosody 0.12 can
 	// resume onto a parser that still holds a torn stanza): do not resume
 	// onto it again.
-	if c.resumed && !c.confirmed && errors.Is(c.err, ErrAckTimeout) {
+	if c.resumed && !c.pace.Confirmed() && errors.Is(c.err, ErrAckTimeout) {
 		return false
 	}
 	return true
 }
+
+// closeWait is how long Close waits for the server's </stream:stream> after
+// writing its own (RFC 6120 §4.4), so that the connection ends with a FIN.
+const closeWait = 2 * time.Second
 
 // serve runs one connection until it fails or the stream is closed.
 func (s *Stream) serve(c *conn) error {
 	s.mu.Lock()
 	s.cur = c
 	c.resend = c.resumed && s.out.Len() > 0
-	c.needReq = c.resumed
+	if c.resumed {
+		c.pace.RequestNow()
+	}
 	s.mu.Unlock()
 	c.wg.Add(2)
 	go s.readLoop(c)
@@ -100,14 +112,16 @@ func (s *Stream) serve(c *conn) error {
 		c.closing = true
 		s.mu.Unlock()
 		c.wake()
-		t := time.NewTimer(s.cfg.AckTimeout)
+		// The writer ends our stream once the queue is written; the reader
+		// ends the connection when the server ends its stream.
+		t := time.NewTimer(min(s.cfg.AckTimeout, closeWait))
 		select {
 		case <-c.dead:
 		case <-s.forceCh:
 		case <-t.C:
 		}
 		t.Stop()
-		c.fail(ErrClosed)
+		c.shut(ErrClosed)
 	}
 	c.wg.Wait()
 	return c.err
@@ -115,7 +129,9 @@ func (s *Stream) serve(c *conn) error {
 
 // writeLoop is the only writer of a connection. It writes, in this order:
 // the unacknowledged stanzas again after a resumption, then queued stanzas
-// (moving their tokens to TokenSent), answers to <r/>, and <r/> requests.
+// (moving their tokens to TokenSent), and what the Pacer asks for: answers
+// to <r/>, <r/> requests and idle probes. It also takes the link for dead
+// when the Pacer says so.
 func (s *Stream) writeLoop(c *conn) {
 	defer c.wg.Done()
 	var buf []byte
@@ -131,6 +147,7 @@ func (s *Stream) writeLoop(c *conn) {
 			c.resend = false
 		}
 		smOn := s.smOn
+		session := s.session
 		batch = batch[:0]
 		for len(batch) < maxBatch && s.queue.len() > 0 && (!smOn || s.out.Len()+len(batch) < s.cfg.MaxUnacked) {
 			batch = append(batch, s.queue.pop())
@@ -142,16 +159,15 @@ func (s *Stream) writeLoop(c *conn) {
 		s.mu.Unlock()
 
 		// Claim each token before its bytes can reach the server, so that
-		// an ack never finds a token still queued. Observers run here,
-		// without the lock. An aborted token is skipped.
-		to := TokenSent
-		if !smOn {
-			to = TokenSentWithoutSM
-		}
+		// an ack never finds a token still queued. An aborted token is
+		// skipped.
 		popped := len(batch)
 		n := 0
 		for _, e := range batch {
-			if e.tok.move(TokenQueued, to, nil) {
+			e.tok.mu.Lock()
+			e.tok.session = session
+			e.tok.mu.Unlock()
+			if s.move(e.tok, TokenQueued, TokenSent, nil) {
 				batch[n] = e
 				n++
 			}
@@ -167,59 +183,58 @@ func (s *Stream) writeLoop(c *conn) {
 			buf = append(buf, e.b...)
 		}
 		s.stats.Sent += uint64(len(batch))
-		c.sinceReq += len(batch)
 		now := time.Now()
-		if len(batch) > 0 {
-			c.lastWrite = now
-		}
+		c.pace.Wrote(now, len(batch))
 		final := c.final
 		closing := c.closing && s.queue.len() == 0 && final == nil
-		// Answer the server's <r/> along with stanzas we write anyway, or
-		// after AnswerDelay: the server asks again only once answered, so
-		// a short delay saves a write (and a request) per inbound stanza.
-		if !c.answerAt.IsZero() && (len(batch) > 0 || now.Sub(c.answerAt) >= s.cfg.AnswerDelay || final != nil || closing) {
-			buf = sm.AppendAnswer(buf, s.in)
-			c.answerAt = time.Time{}
-		}
-		// Ask for an ack when the writer has been idle for RequestDelay
-		// after writing, when RequestEvery stanzas went out since the last
-		// request, or when half the unacked room is used.
-		unacked := smOn && s.out.Len() > 0 && c.sinceReq > 0
-		if smOn && (c.needReq || (unacked && (c.sinceReq >= s.cfg.RequestEvery ||
-			(!c.reqOut && (now.Sub(c.lastWrite) >= s.cfg.RequestDelay || 2*s.out.Len() >= s.cfg.MaxUnacked))))) {
-			buf = append(buf, sm.Request...)
-			if !c.reqOut {
-				c.reqAt = now
+		act := c.pace.Next(now, s.out.Len(), final != nil || closing)
+		if smOn {
+			if act.Dead {
+				s.mu.Unlock()
+				c.fail(fmt.Errorf("%w within %v", ErrAckTimeout, c.pace.DeadAfter()))
+				return
 			}
-			c.reqOut, c.needReq, c.sinceReq = true, false, 0
-			unacked = false
+			// Answer a request; and before our stream ends, tell the
+			// server what we handled even unasked (XEP-0198 §4).
+			if act.Answer || ((final != nil || closing) && s.in != c.answered) {
+				buf = sm.AppendAnswer(buf, s.in)
+				c.answered = s.in
+			}
+			if act.Request && final == nil && !closing {
+				buf = append(buf, sm.Request...)
+			}
+		} else if act.Request && len(buf) == 0 {
+			// Without stream management, probe an idle link with a
+			// whitespace keepalive; a dead one then fails the write.
+			buf = append(buf, ' ')
 		}
 		s.checkIdleLocked()
-		wait := c.since.Add(s.cfg.KeepAlive)
-		if c.reqOut {
-			wait = c.reqAt.Add(s.cfg.AckTimeout)
-		}
-		if !c.answerAt.IsZero() {
-			wait = earliest(wait, c.answerAt.Add(s.cfg.AnswerDelay))
-		}
-		if unacked && !c.reqOut {
-			wait = earliest(wait, c.lastWrite.Add(s.cfg.RequestDelay))
-		}
 		s.mu.Unlock()
-		clear(batch)
 
 		if final != nil {
 			buf = append(buf, final...)
-			buf = append(buf, "</stream:stream>"...)
 		} else if closing {
 			buf = append(buf, "</stream:stream>"...)
 		}
+		var werr error
 		if len(buf) > 0 {
 			c.nc.SetWriteDeadline(time.Now().Add(s.cfg.AckTimeout))
-			if _, err := c.nc.Write(buf); err != nil {
-				c.fail(fmt.Errorf("%w: write: %w", ErrConnectionLost, err))
-				return
+			_, werr = c.nc.Write(buf)
+		}
+		if !smOn {
+			// Nothing will ever acknowledge these: their fate is the write's.
+			for _, e := range batch {
+				if werr == nil {
+					s.move(e.tok, TokenSent, TokenSentWithoutSM, nil)
+				} else {
+					s.move(e.tok, TokenSent, TokenDisconnected, fmt.Errorf("stream: %q: %w: write: %w", e.tok.id, ErrConnectionLost, werr))
+				}
 			}
+		}
+		clear(batch)
+		if werr != nil {
+			c.fail(fmt.Errorf("%w: write: %w", ErrConnectionLost, werr))
+			return
 		}
 		if final != nil {
 			close(c.finalDone)
@@ -233,32 +248,16 @@ func (s *Stream) writeLoop(c *conn) {
 			// had been aborted: they took the room of those behind them.
 			continue
 		}
-		timer.Reset(time.Until(wait))
+		wait := time.Until(act.Wake)
+		if !smOn {
+			wait = min(wait, s.cfg.KeepAlive)
+		}
+		timer.Reset(wait)
 		select {
 		case <-c.kick:
 		case <-c.dead:
 			return
 		case <-timer.C:
-			s.mu.Lock()
-			switch {
-			case c.reqOut && time.Since(c.reqAt) >= s.cfg.AckTimeout:
-				s.mu.Unlock()
-				c.fail(fmt.Errorf("%w after %v", ErrAckTimeout, s.cfg.AckTimeout))
-				return
-			case !c.reqOut && time.Since(c.since) >= s.cfg.KeepAlive:
-				if s.smOn {
-					c.needReq = true
-				} else {
-					c.since = time.Now()
-					s.mu.Unlock()
-					if _, err := c.nc.Write([]byte{' '}); err != nil {
-						c.fail(fmt.Errorf("%w: write: %w", ErrConnectionLost, err))
-						return
-					}
-					s.mu.Lock()
-				}
-			}
-			s.mu.Unlock()
 		}
 		if !timer.Stop() {
 			select {
@@ -267,13 +266,6 @@ func (s *Stream) writeLoop(c *conn) {
 			}
 		}
 	}
-}
-
-func earliest(a, b time.Time) time.Time {
-	if b.Before(a) {
-		return b
-	}
-	return a
 }
 
 // checkIdleLocked wakes a Close waiting for everything to be acknowledged.
@@ -290,25 +282,17 @@ func (s *Stream) readLoop(c *conn) {
 	defer c.wg.Done()
 	r := c.sess.TokenReader()
 	defer r.Close()
+	if err := s.read(c, r); err != nil {
+		s.readFailed(c, err)
+	}
+}
+
+// read reads elements from r until an error, which it returns.
+func (s *Stream) read(c *conn, r xml.TokenReader) error {
 	for {
 		tok, err := r.Token()
 		if err != nil {
-			s.mu.Lock()
-			closing := c.closing
-			var se xstream.Error
-			if errors.Is(err, io.EOF) || errors.As(err, &se) {
-				c.ended = true
-			}
-			s.mu.Unlock()
-			switch {
-			case closing && errors.Is(err, io.EOF):
-				c.fail(ErrClosed)
-			case errors.Is(err, io.EOF):
-				c.fail(fmt.Errorf("%w: the server ended the stream", ErrConnectionLost))
-			default:
-				c.fail(fmt.Errorf("%w: read: %w", ErrConnectionLost, err))
-			}
-			return
+			return err
 		}
 		start, ok := tok.(xml.StartElement)
 		if !ok {
@@ -316,38 +300,63 @@ func (s *Stream) readLoop(c *conn) {
 		}
 		if start.Name.Space == sm.NS {
 			if err := s.handleSM(c, start, r); err != nil {
-				c.fail(err)
-				return
+				return err
 			}
 			continue
 		}
 		el, err := readElement(r, start)
 		if err != nil {
-			c.fail(fmt.Errorf("%w: read: %w", ErrConnectionLost, err))
-			return
+			return err
 		}
 		s.mu.Lock()
 		if s.smOn {
 			s.in++
 		}
-		c.since = time.Now()
+		c.pace.Read(time.Now())
 		s.stats.Received++
 		s.mu.Unlock()
 		s.dispatch(el)
 	}
 }
 
+// readFailed ends the connection after the reader stopped with err.
+func (s *Stream) readFailed(c *conn, err error) {
+	var se xstream.Error
+	var syn *xml.SyntaxError
+	s.mu.Lock()
+	closing := c.closing
+	s.mu.Unlock()
+	switch {
+	case errors.Is(err, ErrProtocol):
+		c.shut(err) // endStream has written the stream error
+	case closing && (errors.Is(err, io.EOF) || errors.As(err, &se)):
+		// The server answered our </stream:stream> with its own.
+		c.shut(ErrClosed)
+	case errors.Is(err, io.EOF):
+		// The server ended its stream: end ours too, then close.
+		c.shut(s.endStream(c, "", fmt.Errorf("%w: the server ended the stream", ErrConnectionLost)))
+	case errors.As(err, &se):
+		c.shut(s.endStream(c, "", fmt.Errorf("%w: stream error: %w", ErrConnectionLost, se)))
+	case errors.As(err, &syn):
+		c.fail(fmt.Errorf("%w: read: %w: %w", ErrConnectionLost, errUnreadable, err))
+	default:
+		c.fail(fmt.Errorf("%w: read: %w", ErrConnectionLost, err))
+	}
+}
+
+// errUnreadable marks a connection lost to input the decoder rejected.
+var errUnreadable = errors.New("unreadable input")
+
 // handleSM handles one stream management element read on c.
 func (s *Stream) handleSM(c *conn, start xml.StartElement, r xml.TokenReader) error {
 	if err := skipElement(r); err != nil {
-		return fmt.Errorf("%w: read: %w", ErrConnectionLost, err)
+		return err
 	}
 	switch start.Name.Local {
 	case "r":
 		s.mu.Lock()
-		c.since = time.Now()
-		if s.smOn && c.answerAt.IsZero() {
-			c.answerAt = c.since
+		if s.smOn {
+			c.pace.ServerRequested(time.Now())
 		}
 		s.mu.Unlock()
 		c.wake()
@@ -360,6 +369,9 @@ func (s *Stream) handleSM(c *conn, start xml.StartElement, r xml.TokenReader) er
 		return s.ack(c, h)
 	default:
 		s.log.Debug("ignoring stream management element", "name", start.Name.Local)
+		s.mu.Lock()
+		c.pace.Read(time.Now())
+		s.mu.Unlock()
 	}
 	return nil
 }
@@ -367,41 +379,49 @@ func (s *Stream) handleSM(c *conn, start xml.StartElement, r xml.TokenReader) er
 // ack applies <a h/>.
 func (s *Stream) ack(c *conn, h uint32) error {
 	s.mu.Lock()
-	acked := s.ackScrach[:0]
+	acked := s.ackScratch[:0]
 	n, err := s.out.Ack(h, func(e *entry) { acked = append(acked, e) })
 	if err != nil {
 		sent := s.out.SentCount()
 		s.mu.Unlock()
 		return s.protocolError(c, fmt.Errorf("%w: %w", ErrProtocol, err), sm.HandledCountTooHigh(h, sent))
 	}
-	c.reqOut = false
-	c.confirmed = true
-	c.since = time.Now()
+	c.pace.Acked(time.Now(), s.out.Len() == 0)
 	s.stats.Acked += uint64(n)
 	s.checkIdleLocked()
 	s.mu.Unlock()
 	c.wake()
 	for i, e := range acked {
-		e.tok.move(TokenSent, TokenAcked, nil)
+		s.move(e.tok, TokenSent, TokenAcked, nil)
 		acked[i] = nil
 	}
 	s.mu.Lock()
-	s.ackScrach = acked[:0]
+	s.ackScratch = acked[:0]
 	s.mu.Unlock()
 	return nil
 }
 
-// protocolError has the writer send a stream error and end the stream; the
-// stream then closes for good with err.
+// protocolError ends the stream for good after the server broke the
+// protocol: the writer sends the stream error streamErr, and err is
+// returned for the stream to close with.
 func (s *Stream) protocolError(c *conn, err error, streamErr string) error {
+	return s.endStream(c, streamErr, err)
+}
+
+// endStream has the writer end our XML stream, after the stream error
+// streamErr if not empty, and waits until that is written or the connection
+// is gone. The session is then not resumable. It returns err.
+func (s *Stream) endStream(c *conn, streamErr string, err error) error {
 	s.mu.Lock()
-	c.final = []byte(streamErr)
-	c.finalDone = make(chan struct{})
+	if c.final == nil {
+		c.final = []byte(streamErr + "</stream:stream>")
+		c.finalDone = make(chan struct{})
+	}
 	done := c.finalDone
 	c.ended = true
 	s.mu.Unlock()
 	c.wake()
-	t := time.NewTimer(s.cfg.AckTimeout)
+	t := time.NewTimer(min(s.cfg.AckTimeout, closeWait))
 	defer t.Stop()
 	select {
 	case <-done:
@@ -411,37 +431,68 @@ func (s *Stream) protocolError(c *conn, err error, streamErr string) error {
 	return err
 }
 
-// dispatch hands an inbound stanza to the SendIQ waiting for it, or to the
-// handlers, and answers an IQ request nobody answered.
+// ErrAnswerLater is returned by a handler (see Stream.Handle) that took an
+// IQ get or set and will answer it later, from another goroutine, with Send:
+// the stream then does not answer it with an error itself. It is not logged
+// as a failure.
+var ErrAnswerLater = errors.New("stream: the handler answers this IQ later")
+
+// dispatch hands an inbound IQ reply to the SendIQ waiting for it, on the
+// reader; any other stanza goes to the handlers, on the callback goroutine.
 func (s *Stream) dispatch(el *Element) {
-	typ := el.Attr("type")
-	id := el.Attr("id")
-	isIQ := el.Start.Name.Local == "iq"
-	if isIQ && (typ == "result" || typ == "error") {
-		s.mu.Lock()
-		ch, ok := s.iqs[id]
-		delete(s.iqs, id)
-		s.mu.Unlock()
-		if ok {
-			ch <- el
-			return
+	if el.Start.Name.Local == "iq" {
+		if typ := el.Attr("type"); typ == "result" || typ == "error" {
+			id := el.Attr("id")
+			s.mu.Lock()
+			w, ok := s.iqs[id]
+			delete(s.iqs, id)
+			s.mu.Unlock()
+			if ok {
+				w.ch <- iqResult{el: el}
+				return
+			}
 		}
 	}
+	s.cb.push(job{el: el}, s.runJob)
+}
+
+// runJob runs one job of the callback goroutine.
+func (s *Stream) runJob(j *job) {
+	switch {
+	case j.tok != nil:
+		j.tok.deliver()
+	case j.el != nil:
+		s.handle(j.el)
+	case j.ev != nil:
+		s.tell(*j.ev)
+	}
+}
+
+// handle runs the handlers on an inbound stanza, then answers an IQ request
+// that no handler answered or claimed (see ErrAnswerLater).
+func (s *Stream) handle(el *Element) {
+	typ := el.Attr("type")
+	id := el.Attr("id")
 	s.mu.Lock()
 	handlers := s.handlers
 	s.mu.Unlock()
 	w := &replyWriter{s: s, id: id}
+	claimed := false
 	for _, h := range handlers {
-		if eh, ok := h.(*elementHandler); ok {
+		if eh, ok := h.h.(*elementHandler); ok {
 			eh.f(el)
 			continue
 		}
 		start := el.Start.Copy()
-		if err := h.HandleXMPP(readEncoder{el.InnerReader(), w}, &start); err != nil {
+		err := h.h.HandleXMPP(readEncoder{el.InnerReader(), w}, &start)
+		switch {
+		case errors.Is(err, ErrAnswerLater):
+			claimed = true
+		case err != nil:
 			s.log.Warn("handler failed", "err", err)
 		}
 	}
-	if !isIQ || (typ != "get" && typ != "set") || w.replied {
+	if el.Start.Name.Local != "iq" || (typ != "get" && typ != "set") || w.replied || claimed {
 		return
 	}
 	reply := stanza.IQ{ID: id, Type: stanza.ResultIQ}
@@ -475,7 +526,7 @@ func isPing(el *Element) bool {
 
 // finish ends the stream for good: every token that is not final yet ends
 // (queued ones TokenFailed, unacknowledged ones TokenDisconnected), waiting
-// senders and SendIQ callers are released.
+// senders and SendIQ callers are released. Called by run as it ends.
 func (s *Stream) finish(err error) {
 	s.mu.Lock()
 	s.finished = true
@@ -493,23 +544,40 @@ func (s *Stream) finish(err error) {
 		close(s.idle)
 		s.idle = nil
 	}
+	s.failIQsLocked(func(*pendingIQ) bool { return true }, err)
 	addr := s.addr
 	s.mu.Unlock()
 	s.cancel()
 	for _, e := range queued {
-		e.tok.move(TokenQueued, TokenFailed, fmt.Errorf("stream: %q not written: %w", e.tok.id, err))
+		s.move(e.tok, TokenQueued, TokenFailed, fmt.Errorf("stream: %q not written: %w", e.tok.id, err))
 	}
 	for _, e := range sent {
-		e.tok.move(TokenSent, TokenDisconnected, fmt.Errorf("stream: %q not acknowledged: %w", e.tok.id, err))
+		s.move(e.tok, TokenSent, TokenDisconnected, fmt.Errorf("stream: %q not acknowledged: %w", e.tok.id, err))
 	}
 	s.emit(Event{Kind: EventClosed, Err: err, Addr: addr, Lost: len(sent)})
 }
 
+// move is StanzaToken.move for the stream's own goroutines: observers learn
+// of the change on the callback goroutine.
+func (s *Stream) move(t *StanzaToken, from, to TokenState, err error) bool {
+	moved, deliver := t.change(from, to, err)
+	if deliver {
+		s.cb.push(job{tok: t}, s.runJob)
+	}
+	return moved
+}
+
+// emit has the callback goroutine tell the listeners of ev.
 func (s *Stream) emit(ev Event) {
 	if ev.At.IsZero() {
 		ev.At = time.Now()
 	}
 	s.log.Debug("stream event", "kind", ev.Kind.String(), "err", ev.Err, "acked", ev.Acked, "resent", ev.Resent, "lost", ev.Lost)
+	s.cb.push(job{ev: &ev}, s.runJob)
+}
+
+// tell runs the event listeners; on the callback goroutine.
+func (s *Stream) tell(ev Event) {
 	if s.cfg.OnEvent != nil {
 		s.cfg.OnEvent(ev)
 	}

@@ -195,6 +195,17 @@ func (w *replyWriter) EncodeToken(t xml.Token) error {
 	if w.enc == nil {
 		w.enc = xml.NewEncoder(&w.buf)
 	}
+	if _, ok := t.(xml.StartElement); !ok && w.depth == 0 {
+		// Between stanzas only elements go out: white space, comments
+		// and processing instructions are dropped (a processing
+		// instruction must never reach the wire, and none may count as a
+		// stanza). A stray end element is an error.
+		if _, end := t.(xml.EndElement); end {
+			w.err = fmt.Errorf("%w: end element outside a stanza", ErrSerialize)
+			return w.err
+		}
+		return nil
+	}
 	switch tt := t.(type) {
 	case xml.StartElement:
 		if w.depth == 0 && tt.Name.Local == "iq" {
@@ -211,6 +222,9 @@ func (w *replyWriter) EncodeToken(t xml.Token) error {
 		w.depth++
 	case xml.EndElement:
 		w.depth--
+	case xml.ProcInst, xml.Directive:
+		w.err = fmt.Errorf("%w: %T not allowed in a stanza", ErrSerialize, t)
+		return w.err
 	}
 	if err := w.enc.EncodeToken(t); err != nil {
 		w.err = err

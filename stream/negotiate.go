@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"time"
 
 	"mellium.im/xmpp"
 	"mellium.im/xmpp/jid"
@@ -35,6 +36,9 @@ type negotiated struct {
 	// enableErr is why stream management is off when the server offered it.
 	enableErr error
 	offered   bool
+	// rtt is the round trip of the last stream management exchange, a first
+	// estimate of the ack round trip.
+	rtt time.Duration
 }
 
 // negotiate logs in on conn: STARTTLS when configured, SASL, then our own
@@ -86,10 +90,12 @@ func smBind(cfg *Config, prev *previous, n *negotiated) xmpp.StreamFeature {
 			_, n.offered = sess.Feature(sm.NS)
 			useSM := n.offered && !cfg.DisableSM
 			if useSM && prev != nil {
+				sentAt := time.Now()
 				if _, err := sess.Conn().Write(sm.AppendResume(nil, prev.id, prev.h)); err != nil {
 					return 0, nil, err
 				}
 				start, failed, err := readSMAnswer(sess, "resumed")
+				n.rtt = time.Since(sentAt)
 				if err != nil {
 					return 0, nil, err
 				}
@@ -110,10 +116,12 @@ func smBind(cfg *Config, prev *previous, n *negotiated) xmpp.StreamFeature {
 			if !useSM {
 				return xmpp.Ready, nil, nil
 			}
+			sentAt := time.Now()
 			if _, err := sess.Conn().Write(sm.AppendEnable(nil, true, 0)); err != nil {
 				return 0, nil, err
 			}
 			start, failed, err := readSMAnswer(sess, "enabled")
+			n.rtt = time.Since(sentAt)
 			if err != nil {
 				return 0, nil, err
 			}

@@ -323,7 +323,8 @@ func TestScriptedAcks(t *testing.T) {
 	}
 	checkState(t, stream.TokenSent, toks...)
 
-	h.c.Write(t, ackH(4))
+	// h is an xs:unsignedInt: a sign and leading zeros are valid.
+	h.c.Write(t, "<a xmlns='urn:xmpp:sm:3' h='+04'/>")
 	waitState(t, stream.TokenAcked, toks[:4]...)
 	checkState(t, stream.TokenSent, toks[4:]...)
 	if got := order.get(); !slices.Equal(got, ids("m", 1, 4)) {
@@ -339,8 +340,8 @@ func TestScriptedAcks(t *testing.T) {
 		t.Fatalf("acknowledged in the order %v, want %v", got, ids("m", 1, 10))
 	}
 
-	// An old h changes nothing and is no error.
-	h.c.Write(t, ackH(3))
+	// The same h again changes nothing and is no error.
+	h.c.Write(t, ackH(10))
 	more := h.send("m11")
 	if got := h.c.Stanzas(t, 1); got[0] != "m11" {
 		t.Fatalf("server received %v, want m11", got)
@@ -351,7 +352,7 @@ func TestScriptedAcks(t *testing.T) {
 		t.Fatalf("Stats: %+v; want Acked=Sent=11, Unacked=0, no disconnect", st)
 	}
 	if err := h.s.Err(); err != nil {
-		t.Fatalf("Err() = %v after a stale ack", err)
+		t.Fatalf("Err() = %v after a repeated ack", err)
 	}
 }
 
@@ -372,6 +373,12 @@ func TestScriptedProtocolViolation(t *testing.T) {
 			"<undefined-condition xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"},
 		{"h negative", "<a xmlns='urn:xmpp:sm:3' h='-1'/>",
 			"<undefined-condition xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"},
+		// Serial-number arithmetic would call 3000000000 "older" than 4;
+		// no queue of 6 stanzas can cover it.
+		{"h far ahead", "<a xmlns='urn:xmpp:sm:3' h='3000000000'/>",
+			"<undefined-condition xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><handled-count-too-high xmlns='urn:xmpp:sm:3' h='3000000000' send-count='10'/>"},
+		{"h behind the last ack", "<a xmlns='urn:xmpp:sm:3' h='2'/>",
+			"<undefined-condition xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><handled-count-too-high xmlns='urn:xmpp:sm:3' h='2' send-count='10'/>"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -465,7 +472,7 @@ func TestScriptedWrap(t *testing.T) {
 		acked int
 	}{
 		{4294967295, 5}, // the last count before the wrap
-		{4294967291, 5}, // old
+		{4294967295, 5}, // the same again
 		{4, 10},         // across the wrap
 		{14, 20},        // 4294967290 + 20 mod 2^32
 	}
@@ -1040,11 +1047,7 @@ func TestScriptedCloseUnacked(t *testing.T) {
 			t.Errorf("token %s: Err() = %v, want ErrClosed", tok.ID(), tok.Err())
 		}
 	}
-	select {
-	case <-h.s.Done():
-	default:
-		t.Fatal("Done not closed when Close returned")
-	}
+	waitDone(t, h.s)
 	checkNoStreamGoroutines(t)
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -42,6 +43,8 @@ type Stream struct {
 	smOn      bool          // stream management is enabled on the session
 	smID      string        // resumption id, "" when not resumable
 	smMax     time.Duration // the server's max resumption time
+	smLoc     string        // where the server prefers us to resume, "" if anywhere
+	session   uint64        // the session's number, from 1; a resumption keeps it
 	addr      jid.JID       // the bound full JID
 	cur       *conn         // the live connection, nil while reconnecting
 	closing   bool          // Close was called: Send refuses
@@ -49,11 +52,14 @@ type Stream struct {
 	err       error
 	room      chan struct{} // closed when the queue shrinks; made on demand
 	idle      chan struct{} // closed when nothing is queued or unacked; made on demand
-	handlers  []xmpp.Handler
-	listeners []*func(Event)
-	iqs       map[string]chan *Element
-	stats     Stats
-	ackScrach []*entry
+	handlers   []*handler
+	listeners  []*func(Event)
+	iqs        map[string]*pendingIQ
+	stats      Stats
+	ackScratch []*entry
+	unreadable unreadable // connections lost to input the decoder rejects
+
+	cb callbacks // runs observers, handlers and listeners
 
 	closeOnce sync.Once
 	closeCh   chan struct{} // closed by Close: run must end
@@ -61,7 +67,8 @@ type Stream struct {
 	forceOnce sync.Once
 	base      context.Context // ends when closeCh is closed
 	cancel    context.CancelFunc
-	done      chan struct{} // closed when run has ended
+	ended     chan struct{} // closed when run has ended: every token is final
+	done      chan struct{} // closed after ended, once every callback has run
 }
 
 // Dial connects, logs in, binds a resource and enables stream management
@@ -80,19 +87,20 @@ func Dial(ctx context.Context, cfg Config) (*Stream, error) {
 	s := &Stream{
 		cfg:     cfg,
 		log:     cfg.Logger,
-		iqs:     make(map[string]chan *Element),
+		iqs:     make(map[string]*pendingIQ),
 		closeCh: make(chan struct{}),
 		forceCh: make(chan struct{}),
+		ended:   make(chan struct{}),
 		done:    make(chan struct{}),
 	}
 	s.base, s.cancel = context.WithCancel(context.Background())
-	c, n, err := s.connect(ctx, nil)
+	c, n, err := s.connect(ctx, nil, s.cfg.Dial)
 	if err != nil {
 		s.cancel()
 		return nil, err
 	}
 	s.mu.Lock()
-	_, settle := s.startSession(n)
+	_, settle := s.startSession(n, nil)
 	s.stats.Connections++
 	s.mu.Unlock()
 	settle()
@@ -109,42 +117,46 @@ func (s *Stream) Addr() jid.JID {
 }
 
 // Handle registers h to receive every inbound stanza that is not the reply
-// to a SendIQ. Handlers run in the order registered, on the stream's reader
-// goroutine: they must not block, and they must not wait for Send to find
-// room (use a non-blocking Send or hand the work to another goroutine).
-// What a handler writes to its encoder is sent as stanzas through the stream.
+// to a SendIQ. Handlers run in the order registered, one stanza at a time, on
+// the stream's callback goroutine (see the package documentation): they may
+// call any method of the stream, but the next stanza waits for them.
+// What a handler writes to its encoder is sent as stanzas through the stream;
+// white space, comments and processing instructions between elements are
+// dropped.
+//
 // An IQ get or set that no handler answered is answered by the stream
 // (a XEP-0199 ping with a result, anything else with service-unavailable), so
-// that every stanza in and out is counted.
-// The returned function removes h.
+// that every stanza in and out is counted. A handler that will answer later,
+// from another goroutine, returns ErrAnswerLater and sends the reply with
+// Send.
+//
+// The returned function removes h; it may be called more than once.
 func (s *Stream) Handle(h xmpp.Handler) (remove func()) {
+	entry := &handler{h: h}
 	s.mu.Lock()
-	hs := make([]xmpp.Handler, len(s.handlers), len(s.handlers)+1)
-	copy(hs, s.handlers)
-	s.handlers = append(hs, h)
+	s.handlers = append(s.handlers[:len(s.handlers):len(s.handlers)], entry)
 	s.mu.Unlock()
-	var once sync.Once
 	return func() {
-		once.Do(func() {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			hs := make([]xmpp.Handler, 0, len(s.handlers))
-			removed := false
-			for _, x := range s.handlers {
-				if !removed && x == h {
-					removed = true
-					continue
-				}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		// Copy on write: a dispatch in progress keeps the slice it read.
+		hs := make([]*handler, 0, len(s.handlers))
+		for _, x := range s.handlers {
+			if x != entry {
 				hs = append(hs, x)
 			}
-			s.handlers = hs
-		})
+		}
+		s.handlers = hs
 	}
 }
 
+// handler is one registration of Handle: removal compares these pointers,
+// never the handlers themselves (a func type cannot be compared).
+type handler struct{ h xmpp.Handler }
+
 // HandleElement registers f to receive every inbound stanza as a read
-// Element, under the same rules as Handle (it runs on the reader goroutine
-// and must not block). It is the cheap way for layers that look at many
+// Element, under the same rules as Handle (it runs on the callback
+// goroutine). It is the cheap way for layers that look at many
 // stanzas: nothing is decoded twice. The returned function removes f.
 func (s *Stream) HandleElement(f func(*Element)) (remove func()) {
 	return s.Handle(&elementHandler{f: f})
@@ -165,9 +177,8 @@ func (h *elementHandler) HandleXMPP(r xmlstream.TokenReadEncoder, start *xml.Sta
 
 // OnEvent registers f to learn of connection events (see EventKind), like
 // Config.OnEvent; the returned function removes it. f runs on the stream's
-// connecting goroutine, one event at a time: it must not block, and it must
-// not call Close. Start a goroutine for longer work (such as joining rooms
-// again after EventNewSession).
+// callback goroutine, one event at a time, in order; it may call any method
+// of the stream (Close included), but other callbacks wait while it runs.
 func (s *Stream) OnEvent(f func(Event)) (remove func()) {
 	p := &f
 	s.mu.Lock()
@@ -271,32 +282,84 @@ func (s *Stream) enqueueLocked(e *entry) {
 
 // SendIQ sends an IQ built from iq and payload and waits for the reply. The
 // reply is returned whether it is a result or an error (see Element.Error).
+//
+// SendIQ never waits for a reply that cannot come: when the IQ is lost with
+// its session (its token ends TokenDisconnected or TokenFailed, or a new
+// session replaces the one it was written on, whose replies go to a resource
+// that no longer exists), it returns an error wrapping ErrIQLost and the
+// reason, such as ErrResumeRefused. It returns ctx's error when ctx ends
+// first, and the stream's when the stream ends.
 func (s *Stream) SendIQ(ctx context.Context, iq stanza.IQ, payload xml.TokenReader) (*Element, error) {
 	if iq.ID == "" {
 		iq.ID = xstanza.NewID()
 	}
-	ch := make(chan *Element, 1)
+	w := &pendingIQ{ch: make(chan iqResult, 1)}
 	s.mu.Lock()
-	s.iqs[iq.ID] = ch
+	if _, dup := s.iqs[iq.ID]; dup {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("stream: SendIQ: an IQ with id %q is already waiting for its reply", iq.ID)
+	}
+	s.iqs[iq.ID] = w
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
-		delete(s.iqs, iq.ID)
+		if s.iqs[iq.ID] == w {
+			delete(s.iqs, iq.ID)
+		}
 		s.mu.Unlock()
 	}()
 	if payload == nil {
 		payload = xmlstream.Token(nil)
 	}
-	if _, err := s.Send(ctx, iq.Wrap(payload)); err != nil {
+	tok, err := s.Send(ctx, iq.Wrap(payload))
+	if err != nil {
 		return nil, err
 	}
-	select {
-	case el := <-ch:
-		return el, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-s.done:
-		return nil, s.Err()
+	s.mu.Lock()
+	w.tok = tok
+	s.mu.Unlock()
+	tokDone := tok.Done()
+	for {
+		select {
+		case r := <-w.ch:
+			return r.el, r.err
+		case <-tokDone:
+			if st := tok.State(); st != TokenAcked && st != TokenSentWithoutSM {
+				return nil, fmt.Errorf("stream: IQ %q: %w: %w", iq.ID, ErrIQLost, tok.Err())
+			}
+			tokDone = nil // the server has it: wait for the reply
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-s.ended:
+			select {
+			case r := <-w.ch:
+				return r.el, r.err
+			default:
+			}
+			return nil, fmt.Errorf("stream: IQ %q: %w: %w", iq.ID, ErrIQLost, s.Err())
+		}
+	}
+}
+
+// pendingIQ is a SendIQ waiting for its reply. Guarded by Stream.mu.
+type pendingIQ struct {
+	ch  chan iqResult // capacity 1: receives exactly one result
+	tok *StanzaToken  // nil until Send returned
+}
+
+type iqResult struct {
+	el  *Element
+	err error
+}
+
+// failIQsLocked ends every pending SendIQ that lost reports lost, with
+// cause. Called with s.mu held.
+func (s *Stream) failIQsLocked(lost func(*pendingIQ) bool, cause error) {
+	for id, w := range s.iqs {
+		if lost(w) {
+			delete(s.iqs, id)
+			w.ch <- iqResult{err: fmt.Errorf("stream: IQ %q: %w: %w", id, ErrIQLost, cause)}
+		}
 	}
 }
 
@@ -307,8 +370,8 @@ func (s *Stream) Err() error {
 	return s.err
 }
 
-// Done returns a channel closed when the stream has ended and every token is
-// final.
+// Done returns a channel closed when the stream has ended, every token is
+// final and every callback (observers, handlers, listeners) has run.
 func (s *Stream) Done() <-chan struct{} { return s.done }
 
 // Stats returns a snapshot of the stream's counters.
@@ -321,15 +384,24 @@ func (s *Stream) Stats() Stats {
 	st.Queued = s.queue.len()
 	st.SMEnabled = s.smOn
 	st.ResumeWindow = s.smMax
+	if s.cur != nil {
+		st.AckRTT, _ = s.cur.pace.RTT()
+		st.DeadAfter = s.cur.pace.DeadAfter()
+	}
 	return st
 }
 
 // Close sends what is queued, waits for the server to acknowledge it, ends
-// the XML stream and closes the connection. When ctx ends first, Close stops
-// waiting, closes at once and returns an error wrapping ctx's. Either way every token ends in a final state:
-// acknowledged ones TokenAcked, written but unacknowledged ones
-// TokenDisconnected, the rest TokenFailed. No goroutine of the stream is
-// left running when Close returns.
+// the XML stream (with a last <a h/> when stream management is on), waits
+// briefly for the server to end its own, and closes the connection. When ctx
+// ends first, Close stops waiting, closes at once and returns an error
+// wrapping ctx's. Either way every token is in a final state when Close
+// returns: acknowledged ones TokenAcked, written but unacknowledged ones
+// TokenDisconnected, the rest TokenFailed; and the stream's reader, writer and
+// connecting goroutines have ended.
+//
+// Close does not wait for callbacks that are still to run or running (so a
+// callback may call Close); Done tells when they have all run.
 func (s *Stream) Close(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
@@ -348,7 +420,7 @@ func (s *Stream) Close(ctx context.Context) error {
 		select {
 		case <-idle:
 		case <-ctx.Done():
-		case <-s.done:
+		case <-s.ended:
 		}
 	}
 	s.closeOnce.Do(func() {
@@ -357,10 +429,10 @@ func (s *Stream) Close(ctx context.Context) error {
 	})
 	forced := false
 	select {
-	case <-s.done:
+	case <-s.ended:
 	case <-ctx.Done():
 		s.forceOnce.Do(func() { close(s.forceCh) })
-		<-s.done
+		<-s.ended
 		forced = true
 	}
 	if err := s.Err(); !errors.Is(err, ErrClosed) {
@@ -378,7 +450,10 @@ func (s *Stream) Close(ctx context.Context) error {
 // from. It is the only goroutine that starts connections and changes the
 // session state (stream management ids, resumption).
 func (s *Stream) run(c *conn) {
-	defer close(s.done)
+	defer func() {
+		close(s.ended)
+		s.cb.finish(s.done)
+	}()
 	for {
 		err := s.serve(c)
 		ended := errors.Is(err, ErrClosed) || errors.Is(err, ErrProtocol)
@@ -388,6 +463,14 @@ func (s *Stream) run(c *conn) {
 		if !ended {
 			s.stats.Disconnects++
 		}
+		resume := c.resumable()
+		cause := error(nil)
+		if s.unreadable.lost(err, s.in) {
+			// The server sends the same unreadable stanza again on every
+			// resumption: only a new session gets past it.
+			resume = false
+			cause = fmt.Errorf("%w: %d connections in a row lost at the same stanza: %w", ErrUnreadable, s.unreadable.n, err)
+		}
 		s.mu.Unlock()
 		if ended {
 			s.finish(err)
@@ -395,7 +478,7 @@ func (s *Stream) run(c *conn) {
 		}
 		s.log.Warn("connection lost", "err", err)
 		s.emit(Event{Kind: EventDisconnected, Err: err, Addr: s.Addr()})
-		c, err = s.reconnect(time.Now(), c.resumable(), err)
+		c, err = s.reconnect(time.Now(), resume, cause, err)
 		if err != nil {
 			s.finish(err)
 			return
@@ -403,9 +486,40 @@ func (s *Stream) run(c *conn) {
 	}
 }
 
+// maxUnreadable is how many connections in a row may be lost to the same
+// unreadable inbound stanza before the stream stops resuming the session.
+const maxUnreadable = 3
+
+// unreadable counts connections lost, in a row, to input the decoder
+// rejected at the same inbound count. Guarded by Stream.mu.
+type unreadable struct {
+	in uint32 // the inbound count when it happened
+	n  int
+}
+
+// lost records how a connection ended, with the inbound count then, and
+// reports whether the stream should give up resuming.
+func (u *unreadable) lost(err error, in uint32) bool {
+	switch {
+	case !errors.Is(err, ErrUnreadable):
+		u.n = 0
+	case u.n > 0 && u.in == in:
+		u.n++
+	default:
+		u.in, u.n = in, 1
+	}
+	if u.n >= maxUnreadable {
+		u.n = 0
+		return true
+	}
+	return false
+}
+
 // reconnect dials until a session is up again, resuming the previous one
-// while that makes sense. It returns the new connection.
-func (s *Stream) reconnect(lost time.Time, resume bool, cause error) (*conn, error) {
+// when resume is set and the window allows. notResumed, if set, is why a new
+// session follows without trying; lost is why the connection was lost. It
+// returns the new connection.
+func (s *Stream) reconnect(lost time.Time, resume bool, notResumed, cause error) (*conn, error) {
 	for attempt := 0; ; attempt++ {
 		t := time.NewTimer(s.cfg.Backoff.delay(attempt))
 		select {
@@ -423,11 +537,26 @@ func (s *Stream) reconnect(lost time.Time, resume bool, cause error) (*conn, err
 		if resume && s.smOn && s.smID != "" && time.Since(lost) < window {
 			prev = &previous{id: s.smID, h: s.in, addr: s.addr}
 		}
+		location := s.smLoc
 		s.mu.Unlock()
 
-		ctx, cancel := context.WithTimeout(s.base, s.cfg.AckTimeout)
-		c, n, err := s.connect(ctx, prev)
-		cancel()
+		var c *conn
+		var n *negotiated
+		var err error
+		if prev != nil && location != "" {
+			// Resume where the server asked us to (XEP-0198 §5), and fall
+			// back to the usual address if that fails.
+			c, n, err = s.connectWithin(prev, func(ctx context.Context) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "tcp", location)
+			})
+			if err != nil {
+				s.log.Warn("resumption at the preferred location failed", "location", location, "err", err)
+			}
+		}
+		if c == nil {
+			c, n, err = s.connectWithin(prev, s.cfg.Dial)
+		}
 		at := Attempt{At: time.Now(), Resume: prev != nil, Err: err}
 		if err != nil {
 			at.Outcome = "error"
@@ -441,7 +570,8 @@ func (s *Stream) reconnect(lost time.Time, resume bool, cause error) (*conn, err
 		s.mu.Lock()
 		if err := s.out.Check(n.h); n.resumed && err != nil {
 			// The server claims to have handled more than we sent: nothing
-			// it says can be trusted. End the stream as XEP-0198 asks.
+			// it says can be trusted. End the stream as XEP-0198 asks,
+			// making sure the stream error is written before the close.
 			sent := s.out.SentCount()
 			s.mu.Unlock()
 			perr := fmt.Errorf("%w: <resumed/>: %w", ErrProtocol, err)
@@ -449,10 +579,13 @@ func (s *Stream) reconnect(lost time.Time, resume bool, cause error) (*conn, err
 			s.record(at)
 			c.nc.SetWriteDeadline(time.Now().Add(time.Second))
 			c.nc.Write([]byte(sm.HandledCountTooHigh(n.h, sent) + "</stream:stream>"))
-			c.fail(perr)
+			c.shut(perr)
 			return nil, perr
 		}
-		ev, settle := s.startSession(n)
+		if notResumed == nil {
+			notResumed = ErrConnectionLost
+		}
+		ev, settle := s.startSession(n, notResumed)
 		s.stats.Connections++
 		at.Outcome = ev.Kind.String()
 		if n.refused != nil {
@@ -464,6 +597,14 @@ func (s *Stream) reconnect(lost time.Time, resume bool, cause error) (*conn, err
 		s.emit(ev)
 		return c, nil
 	}
+}
+
+// connectWithin is connect with the time budget of one reconnection
+// attempt.
+func (s *Stream) connectWithin(prev *previous, dial func(context.Context) (net.Conn, error)) (*conn, *negotiated, error) {
+	ctx, cancel := context.WithTimeout(s.base, s.cfg.AckTimeout)
+	defer cancel()
+	return s.connect(ctx, prev, dial)
 }
 
 func (s *Stream) record(a Attempt) {
@@ -482,8 +623,8 @@ func (s *Stream) recordLocked(a Attempt) {
 }
 
 // connect dials and negotiates one connection.
-func (s *Stream) connect(ctx context.Context, prev *previous) (*conn, *negotiated, error) {
-	nc, err := s.cfg.Dial(ctx)
+func (s *Stream) connect(ctx context.Context, prev *previous, dial func(context.Context) (net.Conn, error)) (*conn, *negotiated, error) {
+	nc, err := dial(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("stream: %w: %w", errDial, err)
 	}
@@ -501,24 +642,29 @@ func (s *Stream) connect(ctx context.Context, prev *previous) (*conn, *negotiate
 		return nil, nil, fmt.Errorf("stream: negotiate: %w", err)
 	}
 	c := &conn{
-		nc:    n.sess.Conn(),
-		raw:   nc,
-		sess:  n.sess,
-		kick:  make(chan struct{}, 1),
-		dead:  make(chan struct{}),
-		since: time.Now(),
+		nc:      n.sess.Conn(),
+		raw:     nc,
+		sess:    n.sess,
+		kick:    make(chan struct{}, 1),
+		dead:    make(chan struct{}),
+		pace:    sm.NewPacer(s.cfg.pacer(), time.Now(), n.rtt),
+		resumed: n.resumed,
 	}
-	c.resumed = n.resumed
 	return c, n, nil
 }
 
 // startSession applies the outcome of a negotiation to the session state.
 // Called with s.mu held, before the new connection's reader and writer
-// start. It returns the event to report and settle, which moves the tokens
-// the negotiation decided (acknowledged or lost) and must be called after
-// s.mu is released.
-func (s *Stream) startSession(n *negotiated) (Event, func()) {
+// start. notResumed is why a session that existed was not resumed, unless
+// the server refused. It returns the event to report and settle, which moves
+// the tokens the negotiation decided (acknowledged or lost) and must be
+// called after s.mu is released.
+func (s *Stream) startSession(n *negotiated, notResumed error) (Event, func()) {
 	ev := Event{At: time.Now()}
+	if !n.resumed {
+		s.session++
+	}
+	ev.Session = s.session
 	var acked, lost []*entry
 	var cause error
 	collect := func(e *entry) { acked = append(acked, e) }
@@ -544,11 +690,17 @@ func (s *Stream) startSession(n *negotiated) (Event, func()) {
 			}
 			s.out.Reset(func(e *entry) { lost = append(lost, e) })
 			ev.Lost = len(lost)
-			cause = ErrConnectionLost
+			cause = notResumed
 			if n.refused != nil {
 				cause = fmt.Errorf("%w: %w", ErrResumeRefused, *n.refused)
 			}
 			ev.Err = cause
+			// Replies to IQs written in the old session would go to a
+			// resource that is gone: those SendIQ calls fail now. IQs
+			// still queued go out in the new session.
+			s.failIQsLocked(func(w *pendingIQ) bool {
+				return w.tok != nil && w.tok.State() != TokenQueued
+			}, cause)
 		} else if s.stats.Connections > 0 {
 			ev.Kind = EventNewSession
 			s.stats.NewSessions++
@@ -556,11 +708,12 @@ func (s *Stream) startSession(n *negotiated) (Event, func()) {
 			ev.Kind = EventConnected
 		}
 		s.in = 0
-		s.smOn, s.smID, s.smMax = false, "", 0
+		s.smOn, s.smID, s.smMax, s.smLoc = false, "", 0, ""
 		if n.enabled != nil {
 			s.smOn = true
 			if n.enabled.Resume {
 				s.smID = n.enabled.ID
+				s.smLoc = resumeAddr(n.enabled.Location)
 			}
 			s.smMax = n.enabled.Max
 		}
@@ -572,10 +725,22 @@ func (s *Stream) startSession(n *negotiated) (Event, func()) {
 	ev.Addr = s.addr
 	return ev, func() {
 		for _, e := range acked {
-			e.tok.move(TokenSent, TokenAcked, nil)
+			s.move(e.tok, TokenSent, TokenAcked, nil)
 		}
 		for _, e := range lost {
-			e.tok.move(TokenSent, TokenDisconnected, fmt.Errorf("stream: %q not acknowledged: %w", e.tok.id, cause))
+			s.move(e.tok, TokenSent, TokenDisconnected, fmt.Errorf("stream: %q not acknowledged: %w", e.tok.id, cause))
 		}
 	}
+}
+
+// resumeAddr turns the location of <enabled/> (a host, an IP address, or
+// either with a port) into an address to dial; the port defaults to 5222.
+func resumeAddr(location string) string {
+	if location == "" {
+		return ""
+	}
+	if _, _, err := net.SplitHostPort(location); err == nil {
+		return location
+	}
+	return net.JoinHostPort(strings.Trim(location, "[]"), "5222")
 }

@@ -26,8 +26,10 @@ const (
 	// TokenAcked: the server counted the stanza in an <a h='…'/> (XEP-0198).
 	// This is the only state that proves the server has the stanza.
 	TokenAcked
-	// TokenSentWithoutSM: written to a stream without stream management.
-	// Nothing will ever confirm or deny that the server received it.
+	// TokenSentWithoutSM: written to a stream without stream management
+	// (the token is TokenSent while the write is under way). Nothing will
+	// ever confirm or deny that the server received it. A write that fails
+	// makes such a token TokenDisconnected instead.
 	TokenSentWithoutSM
 	// TokenAborted: aborted by the user while still queued; never written.
 	TokenAborted
@@ -68,8 +70,8 @@ func (s TokenState) IsFinal() bool { return s >= TokenAcked }
 // tokenNext is the token's whole state machine: tokenNext[from] holds the
 // states it may move to. Final states have none.
 var tokenNext = [...][]TokenState{
-	TokenQueued: {TokenSent, TokenSentWithoutSM, TokenAborted, TokenDropped, TokenFailed},
-	TokenSent:   {TokenAcked, TokenDisconnected},
+	TokenQueued: {TokenSent, TokenAborted, TokenDropped, TokenFailed},
+	TokenSent:   {TokenAcked, TokenDisconnected, TokenSentWithoutSM},
 }
 
 func tokenMayMove(from, to TokenState) bool {
@@ -100,6 +102,10 @@ type TokenChange struct {
 // is safe for use by many goroutines.
 type StanzaToken struct {
 	id string
+	// session is the number of the session the stanza was written in, 0
+	// until it is written. Set by the writer before the token leaves
+	// TokenQueued, read under mu.
+	session uint64
 
 	mu    sync.Mutex // guards the fields below
 	state TokenState
@@ -116,6 +122,14 @@ func newToken(id string) *StanzaToken {
 
 // ID returns the id attribute of the stanza.
 func (t *StanzaToken) ID() string { return t.id }
+
+// Session returns the number of the session the stanza was written in (see
+// Event.Session), or 0 if it has not been written.
+func (t *StanzaToken) Session() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.session
+}
 
 // State returns the token's current state.
 func (t *StanzaToken) State() TokenState {
@@ -198,33 +212,39 @@ func (t *StanzaToken) Abort() error {
 }
 
 // move changes the state from `from` to `to` when the token is in `from` and
-// the table allows it, and reports whether it did.
+// the table allows it, and reports whether it did. Observers learn of the
+// change on the calling goroutine; the stream's own goroutines use
+// Stream.move instead, which hands that to the callback goroutine.
 func (t *StanzaToken) move(from, to TokenState, err error) bool {
+	moved, deliver := t.change(from, to, err)
+	if deliver {
+		t.deliver()
+	}
+	return moved
+}
+
+// change is move without telling the observers: it reports whether the
+// token moved and whether deliver must be called (once, without any lock
+// held) to tell them.
+func (t *StanzaToken) change(from, to TokenState, err error) (moved, deliver bool) {
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	if t.state != from || !tokenMayMove(from, to) {
-		t.mu.Unlock()
-		return false
+		return false, false
 	}
 	t.state = to
 	t.err = err
-	change := TokenChange{State: to, Err: err}
+	c := TokenChange{State: to, Err: err}
 	if t.obs.Settled == nil {
-		t.settleLocked(change) // nobody observes: settled at once
+		t.settleLocked(c) // nobody observes: settled at once
 	}
-	run := t.obs.Emit(change)
+	deliver = t.obs.Emit(c)
 	if to.IsFinal() {
 		t.obs.Drop()
 	}
-	t.mu.Unlock()
-	if run {
-		t.obs.Deliver(&t.mu)
-	}
-	return true
+	return true, deliver
 }
 
-// end moves a non-final token to a final state chosen by where it is: a
-// queued token becomes ifQueued, a sent one ifSent. It reports whether the
-// token changed.
-func (t *StanzaToken) end(ifQueued, ifSent TokenState, err error) bool {
-	return t.move(TokenQueued, ifQueued, err) || t.move(TokenSent, ifSent, err)
-}
+// deliver tells the observers of the changes queued by change.
+func (t *StanzaToken) deliver() { t.obs.Deliver(&t.mu) }
+

@@ -268,6 +268,13 @@ type Conn struct {
 	els  chan Element
 	done chan struct{}
 	err  error // why reading ended; set before done is closed
+	// tcpEnd is how the client's side of the TCP connection ended after
+	// its stream did: io.EOF for a FIN, the error of a reset. Set before
+	// done is closed.
+	tcpEnd error
+
+	mu    sync.Mutex
+	ended bool // the server has written </stream:stream>
 }
 
 // read hands every element the client writes to els until the stream or the
@@ -283,8 +290,21 @@ func (c *Conn) read() {
 		if err != nil {
 			c.err = err
 			if err == io.EOF {
-				c.nc.SetWriteDeadline(time.Now().Add(Timeout))
-				c.sess.Conn().Write([]byte("</stream:stream>"))
+				c.mu.Lock()
+				ended := c.ended
+				c.ended = true
+				c.mu.Unlock()
+				if !ended {
+					c.nc.SetWriteDeadline(time.Now().Add(Timeout))
+					c.sess.Conn().Write([]byte("</stream:stream>"))
+				}
+				// See how the client closes the connection: a FIN
+				// reads as io.EOF, a reset as an error.
+				c.nc.SetReadDeadline(time.Now().Add(Timeout))
+				var b [512]byte
+				for c.tcpEnd == nil {
+					_, c.tcpEnd = c.nc.Read(b[:])
+				}
 				c.nc.Close()
 			}
 			return
@@ -386,12 +406,50 @@ func (c *Conn) NoStanza(t testing.TB, d time.Duration) {
 // is id and max 60.
 func (c *Conn) EnableSM(t testing.TB, id string) {
 	t.Helper()
+	c.EnableSMAt(t, id, "")
+}
+
+// EnableSMAt is EnableSM with a location attribute, the address where the
+// client should resume, unless location is empty.
+func (c *Conn) EnableSMAt(t testing.TB, id, location string) {
+	t.Helper()
 	el := c.Expect(t, "enable")
 	if el.Start.Name.Space != NS {
 		t.Fatalf("fakeserver: enable in namespace %q", el.Start.Name.Space)
 	}
-	c.Write(t, "<enabled xmlns='urn:xmpp:sm:3' id='"+id+"' resume='true' max='60'/>")
+	loc := ""
+	if location != "" {
+		loc = " location='" + location + "'"
+	}
+	c.Write(t, "<enabled xmlns='urn:xmpp:sm:3' id='"+id+"' resume='true' max='60'"+loc+"/>")
 }
+
+// EndStream writes </stream:stream>: the server ends its stream first. The
+// client should answer in kind (End then returns io.EOF).
+func (c *Conn) EndStream(t testing.TB) {
+	t.Helper()
+	c.mu.Lock()
+	c.ended = true
+	c.mu.Unlock()
+	c.Write(t, "</stream:stream>")
+}
+
+// TCPEnd waits until the client's stream has ended and returns how the
+// client then closed the TCP connection: nil for an orderly close (a FIN),
+// otherwise the error the server's read saw (a reset).
+func (c *Conn) TCPEnd(t testing.TB) error {
+	t.Helper()
+	if err := c.End(t); err != io.EOF {
+		return fmt.Errorf("the client's stream did not end with </stream:stream>: %v", err)
+	}
+	if c.tcpEnd == io.EOF {
+		return nil
+	}
+	return c.tcpEnd
+}
+
+// Addr returns the address the server listens on.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
 
 // Write writes raw XML to the client.
 func (c *Conn) Write(t testing.TB, s string) {
