@@ -36,22 +36,22 @@ type Stream struct {
 	// mu guards every field below it, and the fields of the current conn
 	// marked as guarded by it. It is never held while a token's or a
 	// handler's callback runs, nor during network I/O.
-	mu        sync.Mutex
-	queue     fifo // accepted, not yet written
-	out       sm.Outbound[*entry]
-	in        uint32        // inbound stanzas handled, mod 2^32
-	smOn      bool          // stream management is enabled on the session
-	smID      string        // resumption id, "" when not resumable
-	smMax     time.Duration // the server's max resumption time
-	smLoc     string        // where the server prefers us to resume, "" if anywhere
-	session   uint64        // the session's number, from 1; a resumption keeps it
-	addr      jid.JID       // the bound full JID
-	cur       *conn         // the live connection, nil while reconnecting
-	closing   bool          // Close was called: Send refuses
-	finished  bool          // run has ended; err says why
-	err       error
-	room      chan struct{} // closed when the queue shrinks; made on demand
-	idle      chan struct{} // closed when nothing is queued or unacked; made on demand
+	mu         sync.Mutex
+	queue      fifo // accepted, not yet written
+	out        sm.Outbound[*entry]
+	in         uint32        // inbound stanzas handled, mod 2^32
+	smOn       bool          // stream management is enabled on the session
+	smID       string        // resumption id, "" when not resumable
+	smMax      time.Duration // the server's max resumption time
+	smLoc      string        // where the server prefers us to resume, "" if anywhere
+	session    uint64        // the session's number, from 1; a resumption keeps it
+	addr       jid.JID       // the bound full JID
+	cur        *conn         // the live connection, nil while reconnecting
+	closing    bool          // Close was called: Send refuses
+	finished   bool          // run has ended; err says why
+	err        error
+	room       chan struct{} // closed when the queue shrinks; made on demand
+	idle       chan struct{} // closed when nothing is queued or unacked; made on demand
 	handlers   []*handler
 	listeners  []*func(Event)
 	iqs        map[string]*pendingIQ

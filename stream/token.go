@@ -247,4 +247,3 @@ func (t *StanzaToken) change(from, to TokenState, err error) (moved, deliver boo
 
 // deliver tells the observers of the changes queued by change.
 func (t *StanzaToken) deliver() { t.obs.Deliver(&t.mu) }
-
