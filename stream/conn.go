@@ -338,14 +338,11 @@ func (s *Stream) readFailed(c *conn, err error) {
 	case errors.As(err, &se):
 		c.shut(s.endStream(c, "", fmt.Errorf("%w: stream error: %w", ErrConnectionLost, se)))
 	case errors.As(err, &syn):
-		c.fail(fmt.Errorf("%w: read: %w: %w", ErrConnectionLost, errUnreadable, err))
+		c.fail(fmt.Errorf("%w: read: %w: %w", ErrConnectionLost, ErrUnreadable, err))
 	default:
 		c.fail(fmt.Errorf("%w: read: %w", ErrConnectionLost, err))
 	}
 }
-
-// errUnreadable marks a connection lost to input the decoder rejected.
-var errUnreadable = errors.New("unreadable input")
 
 // handleSM handles one stream management element read on c.
 func (s *Stream) handleSM(c *conn, start xml.StartElement, r xml.TokenReader) error {
