@@ -19,6 +19,7 @@ import (
 	"mellium.im/xmpp/stanza"
 
 	"github.com/xmpptrack/xmpptrack/integration/prosody"
+	"github.com/xmpptrack/xmpptrack/stream"
 )
 
 // sharedUsers are the accounts of the package's shared server.
@@ -187,6 +188,27 @@ func TestLoginWrongPassword(t *testing.T) {
 		s.Close()
 		s.Conn().Close()
 		t.Fatal("logged in with a wrong password")
+	}
+}
+
+// TestDialWrongPassword: the stream reports a refused login as ErrAuth, which
+// a caller can test for, and does not retry it.
+func TestDialWrongPassword(t *testing.T) {
+	srv := sharedServer(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	s, err := stream.Dial(ctx, stream.Config{
+		JID:      srv.JID("alice"),
+		Password: "not-" + srv.Password("alice"),
+		Addr:     srv.Addr(),
+		TLS:      srv.TLSConfig(),
+	})
+	if err == nil {
+		s.Close(ctx)
+		t.Fatal("logged in with a wrong password")
+	}
+	if !errors.Is(err, stream.ErrAuth) {
+		t.Fatalf("Dial with a wrong password: %v, want ErrAuth", err)
 	}
 }
 

@@ -42,6 +42,9 @@ var (
 	// ErrProtocol: the server broke XEP-0198 (for example an h beyond what
 	// was sent); the stream is closed for good.
 	ErrProtocol = errors.New("stream: protocol violation by the server")
+	// ErrAuth: the server refused the credentials (SASL failure, for
+	// example a wrong password). Dial returns it; it is never retried.
+	ErrAuth = errors.New("stream: authentication failed")
 	// ErrSerialize: the stanza given to Send could not be serialised.
 	ErrSerialize = errors.New("stream: cannot serialise stanza")
 )
@@ -118,8 +121,8 @@ type Config struct {
 	ResumeWindow time.Duration
 
 	// OnEvent, if set, learns of connection events (lost, resumed, new
-	// session, closed). It runs on the stream's own goroutine: keep it short
-	// and do not call Close from it.
+	// session, closed), from the first connection on, like Stream.OnEvent.
+	// It runs on the callback goroutine (see the package documentation).
 	OnEvent func(Event)
 	// Logger receives debug and warning logs. Default: discard.
 	Logger *slog.Logger

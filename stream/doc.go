@@ -14,21 +14,23 @@
 // TokenState):
 //
 //	QUEUED ──► SENT ──► ACKED
-//	   │          └───► DISCONNECTED
-//	   ├──► SENT_WITHOUT_SM
+//	   │          ├───► DISCONNECTED
+//	   │          └───► SENT_WITHOUT_SM
 //	   └──► ABORTED | DROPPED | FAILED
 //
 // ACKED means the server counted the stanza in an <a h/> of XEP-0198 stream
 // management, or in the h of <resumed/> or <failed/>: it has it. Nothing else
 // makes a token ACKED. On a server without stream management a written
-// stanza is SENT_WITHOUT_SM: nothing will ever confirm it.
+// stanza is SENT_WITHOUT_SM: nothing will ever confirm it; if its write
+// fails it is DISCONNECTED instead.
 //
 // # Connection loss and resumption
 //
 // When the connection breaks (a read or write error, a reset, EOF without
-// </stream:stream>, or an ack request unanswered for Config.AckTimeout, which
-// catches a silent dead link) the stream reconnects by itself with the
-// configured backoff and resumes the session with <resume previd h/>:
+// </stream:stream>, or a dead link, see below) the stream reconnects by
+// itself with the configured backoff and resumes the session with <resume
+// previd h/>, at the location the server named in <enabled/> if any, else
+// at the usual address:
 //
 //   - on <resumed h/> the stanzas up to h become ACKED, the rest are written
 //     again in their original order, and only then the stanzas sent while
@@ -51,7 +53,27 @@
 // A resumed connection whose first ack request is never answered is taken
 // for broken and is not resumed again: a new session follows. (Prosody 0.12
 // can resume onto a stream whose parser still holds a torn stanza, after
-// which it silently ignores everything.)
+// which it silently ignores everything.) Likewise, when the server sends a
+// stanza the stream cannot read, again on every resumption, the stream
+// starts a new session after three such losses (ErrUnreadable).
+//
+// When the server ends its stream, the stream ends its own too and starts a
+// new session. Close ends the stream as RFC 6120 asks: a last <a h/>, then
+// </stream:stream>, then it waits briefly for the server's and closes the
+// connection with a FIN.
+//
+// # Dead links
+//
+// The stream asks for an ack (<r/>) after each burst of stanzas, and, when
+// nothing was received for Config.KeepAlive, as a probe of an idle link. It
+// measures each request's round trip and keeps a smoothed estimate and its
+// variance, as TCP does (RFC 6298). A link is dead when a request goes
+// unanswered and nothing at all arrives for twice the estimate plus four
+// times the variance (never less than Config.MinAckTimeout, 3 s by
+// default): on a fast link a silent one is found within seconds, while a
+// slow link is given the time its round trips take. A server that keeps
+// sending is alive, however slow its acks, up to Config.AckTimeout. The
+// rules live in sm.Pacer; Stats reports the estimate and the timeout.
 //
 // # Bounds
 //
@@ -59,10 +81,32 @@
 // most Config.QueueSize wait to be written; Send waits for room (or for its
 // context), or fails at once with ErrQueueFull in non-blocking mode.
 //
-// # Concurrency
+// # Concurrency and callbacks
 //
 // All methods are safe for concurrent use. A Stream runs three goroutines:
-// one that (re)connects, and per connection a reader and a writer. Handlers
-// (see Handle) run on the reader; token observers run on whichever goroutine
-// changed the token, never with the stream's lock held. Close ends them all.
+// one that (re)connects, and per connection a reader and a writer. None of
+// them runs user code. Handlers (Handle, HandleElement), event listeners
+// (OnEvent, Config.OnEvent) and the observers of the changes the stream
+// makes to tokens run on a fourth goroutine, the callback goroutine, one
+// callback at a time, in the order things happened; it exists only while
+// there is work for it. (A change the user makes, such as Abort, reaches
+// the observers on the user's goroutine.)
+//
+// So a callback may call anything: Send (even one that waits for room in a
+// full queue), SendIQ (its reply is matched by the reader, not by a
+// callback), Abort, Close, a token's or a tracker's Wait. The stream keeps
+// reading, writing, acknowledging and reconnecting meanwhile; only the
+// callbacks queued behind it wait. Two consequences follow:
+//
+//   - a callback that waits for something only a later callback brings
+//     about (a token's Wait on its own final state, which its observers
+//     must see first) waits until its context ends: give it a deadline, or
+//     hand the wait to a goroutine of your own;
+//   - Close does not wait for callbacks (so a callback may call it); it
+//     returns once every token is final and the stream's goroutines have
+//     ended. Done is closed once the callbacks have run too.
+//
+// Each token's changes reach its observers once and in order, and a
+// token's Wait and Done return only after its observers have seen its final
+// state.
 package stream

@@ -63,6 +63,9 @@ func negotiate(ctx context.Context, cfg *Config, conn net.Conn, prev *previous) 
 		xmpp.NewNegotiator(func(*xmpp.Session, *xmpp.StreamConfig) xmpp.StreamConfig {
 			return xmpp.StreamConfig{Features: features}
 		}))
+	if isSASLFailure(err) {
+		return nil, fmt.Errorf("%w: %w", ErrAuth, err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -71,6 +74,22 @@ func negotiate(ctx context.Context, cfg *Config, conn net.Conn, prev *previous) 
 	}
 	n.sess = sess
 	return n, nil
+}
+
+// isSASLFailure reports whether err is the server's SASL <failure/>.
+// mellium returns it as an error of an internal type that can write itself
+// as XML: that element tells.
+func isSASLFailure(err error) bool {
+	var x interface {
+		error
+		TokenReader() xml.TokenReader
+	}
+	if !errors.As(err, &x) {
+		return false
+	}
+	tok, err := x.TokenReader().Token()
+	start, ok := tok.(xml.StartElement)
+	return err == nil && ok && start.Name == xml.Name{Space: "urn:ietf:params:xml:ns:xmpp-sasl", Local: "failure"}
 }
 
 var bindName = xml.Name{Space: "urn:ietf:params:xml:ns:xmpp-bind", Local: "bind"}
