@@ -30,6 +30,18 @@ func (t *token) Observe(f func(stream.TokenChange)) {
 	f(stream.TokenChange{State: s})
 }
 
+// Abort moves a queued token to TokenAborted, as a stream's token does.
+func (t *token) Abort() error {
+	t.mu.Lock()
+	if t.state != stream.TokenQueued {
+		t.mu.Unlock()
+		return stream.ErrNotQueued
+	}
+	t.mu.Unlock()
+	t.set(stream.TokenAborted)
+	return nil
+}
+
 func (t *token) set(s stream.TokenState) {
 	t.mu.Lock()
 	t.state = s
@@ -64,7 +76,7 @@ func Example() {
 	reflection := &tracking.Response{
 		Message:    stanza.Message{ID: "m1", From: me, Type: stanza.GroupChatMessage},
 		StanzaID:   "b1f3c0de",
-		StanzaIDBy: room.String(),
+		StanzaIDBy: room,
 	}
 	if err := t.Transition(tracking.DeliveredToRecipient, reflection); err != nil {
 		fmt.Println(err)
