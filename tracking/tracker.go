@@ -58,7 +58,7 @@ type MessageTracker struct {
 	// tok is the bound token while the tracker may still abort it: until
 	// the token or the tracker is final.
 	tok     Token
-	timerID uint32       // identifies the armed timer; a timer that fires with an older id is stale
+	timerID uint32 // identifies the armed timer; a timer that fires with an older id is stale
 	timer   *time.Timer
 	// history holds every change, in order. Entries are never modified once
 	// appended, so observers are handed sub-slices of it without copying.
@@ -98,7 +98,6 @@ func (t *MessageTracker) settleLocked(cs []Change) {
 // settledOver reports whether every observer knows that tracking has ended.
 // Called with t.mu held.
 func (t *MessageTracker) settledOver() bool { return t.settled.IsFinal() || t.settledEnded }
-
 
 // WithID records the stanza id of the tracked message (see ID).
 func WithID(id string) Option {
