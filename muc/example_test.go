@@ -60,7 +60,7 @@ func Example() {
 	case tracking.DeliveredToRecipient:
 		fmt.Println("the room has distributed the message")
 	case tracking.Error:
-		fmt.Println("the room refused the message:", tr.Err().Condition)
+		fmt.Println("the room refused the message:", tr.Err())
 	default:
 		fmt.Println("no proof of delivery:", st)
 	}

@@ -56,13 +56,15 @@ package muc
 import (
 	"errors"
 
+	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 )
 
 // Namespaces of XEP-0045.
 const (
-	NS     = "http://jabber.org/protocol/muc"
-	NSUser = "http://jabber.org/protocol/muc#user"
+	NS      = "http://jabber.org/protocol/muc"
+	NSUser  = "http://jabber.org/protocol/muc#user"
+	NSOwner = "http://jabber.org/protocol/muc#owner"
 )
 
 // Join errors: a failed Join returns a *JoinError, which errors.Is matches
@@ -93,7 +95,7 @@ var ErrInvalidText = errors.New("muc: text not allowed in XML")
 
 // RemovedError says why the room removed us (see EventRemoved).
 type RemovedError struct {
-	Room string
+	Room jid.JID
 	// Codes are the XEP-0045 status codes of the room's presence: 301
 	// banned, 307 kicked, 321 affiliation change, 322 members-only, 332
 	// service shut down, 333 an error of ours.
@@ -122,7 +124,7 @@ func (e *RemovedError) Error() string {
 	if e.Destroyed {
 		reason = "room destroyed"
 	}
-	return "muc: " + e.Room + ": " + reason
+	return "muc: " + e.Room.String() + ": " + reason
 }
 
 // Unwrap lets errors.Is match ErrLeft.
@@ -130,14 +132,14 @@ func (e *RemovedError) Unwrap() error { return ErrLeft }
 
 // JoinError is the room's refusal of a join.
 type JoinError struct {
-	Room string
+	Room jid.JID
 	// Err is the error the room answered with.
 	Err *stanza.Error
 }
 
 // Error implements error.
 func (e *JoinError) Error() string {
-	s := "muc: join " + e.Room + ": " + string(e.Err.Condition)
+	s := "muc: join " + e.Room.String() + ": " + string(e.Err.Condition)
 	for _, t := range e.Err.Text {
 		if t != "" {
 			s += " (" + t + ")"
