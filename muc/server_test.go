@@ -55,6 +55,8 @@ type harnessConfig struct {
 	// stays IN_TRANSIT until the room answers.
 	sm   bool
 	opts []muc.Option
+	// stream, if set, changes the stream's configuration.
+	stream func(*stream.Config)
 }
 
 func newHarness(t *testing.T, cfg harnessConfig) *harness {
@@ -68,7 +70,7 @@ func newHarness(t *testing.T, cfg harnessConfig) *harness {
 	}
 	ch := make(chan dialed, 1)
 	go func() {
-		s, err := stream.Dial(ctx, stream.Config{
+		scfg := stream.Config{
 			JID:            jid.MustParse("alice@example.test"),
 			Password:       "pw",
 			AllowPlaintext: true,
@@ -76,7 +78,11 @@ func newHarness(t *testing.T, cfg harnessConfig) *harness {
 			Dial:           h.srv.Dial,
 			DisableSM:      !cfg.sm,
 			Backoff:        stream.Backoff{Min: time.Millisecond, Max: 10 * time.Millisecond},
-		})
+		}
+		if cfg.stream != nil {
+			cfg.stream(&scfg)
+		}
+		s, err := stream.Dial(ctx, scfg)
 		ch <- dialed{s, err}
 	}()
 	h.conn = h.srv.Next(t)
