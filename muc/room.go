@@ -792,7 +792,7 @@ func (r *Room) send(ctx context.Context, content []byte, opts []SendOption) (*tr
 			r.c.unlimit(p)
 			r.maybeForget()
 		}
-		if c.To.IsFinal() {
+		if c.Ended {
 			cancel()
 		}
 	})

@@ -22,6 +22,11 @@ type Change struct {
 	// Response is the stanza that caused the change, or nil (an
 	// acknowledgement, a timeout, Close).
 	Response *Response
+	// Ended is set on the last change an observer is told of: the move to
+	// a final state, or the end of tracking at DeliveredToRecipient (see
+	// Close), which is no change of state: From and To are both
+	// DeliveredToRecipient, and Changes does not list it.
+	Ended bool
 }
 
 // Response describes the incoming stanza that caused a change: a reflection,
@@ -52,8 +57,9 @@ type MessageTracker struct {
 	settled MessageState // the latest state every observer has seen; Wait and Done follow it
 	bound   bool         // Bind was called
 	ended   bool         // tracking ended at DeliveredToRecipient: the state never changes again
-	// settledEnded is ended once every observer has been told; Wait and
-	// Done follow it.
+	endedAt time.Time
+	// settledEnded is set once every observer has been told that tracking
+	// ended; Wait and Done follow it.
 	settledEnded bool
 	// tok is the bound token while the tracker may still abort it: until
 	// the token or the tracker is final.
@@ -77,14 +83,11 @@ func WithTimeout(d time.Duration) Option {
 }
 
 // settleLocked wakes the waiters (Wait, Done) for the changes cs, once every
-// observer has seen them; an empty cs is the end of tracking (see Close).
-// Called with t.mu held.
+// observer has seen them. Called with t.mu held.
 func (t *MessageTracker) settleLocked(cs []Change) {
-	if len(cs) == 0 {
-		t.settledEnded = true
-	} else {
-		t.settled = cs[len(cs)-1].To
-	}
+	last := cs[len(cs)-1]
+	t.settled = last.To
+	t.settledEnded = last.Ended
 	if t.changed != nil {
 		close(t.changed)
 		t.changed = nil
@@ -97,7 +100,7 @@ func (t *MessageTracker) settleLocked(cs []Change) {
 
 // settledOver reports whether every observer knows that tracking has ended.
 // Called with t.mu held.
-func (t *MessageTracker) settledOver() bool { return t.settled.IsFinal() || t.settledEnded }
+func (t *MessageTracker) settledOver() bool { return t.settledEnded }
 
 // WithID records the stanza id of the tracked message (see ID).
 func WithID(id string) Option {
@@ -198,14 +201,13 @@ func (t *MessageTracker) Close() error {
 		a.run(&t.mu)
 		return err
 	}
-	t.ended = true
+	t.ended, t.endedAt = true, time.Now()
+	end := []Change{t.endChange()}
 	var a after
 	if t.obs == nil {
-		t.settleLocked(nil)
+		t.settleLocked(end)
 	} else {
-		// An empty event: observers learn nothing, and the waiters wake
-		// once the observers are done with the changes before it.
-		if t.obs.Emit(nil) {
+		if t.obs.Emit(end) {
 			a.obs = t.obs
 		}
 		t.obs.Drop()
@@ -245,6 +247,12 @@ func (t *MessageTracker) Abort() error {
 	return err
 }
 
+// endChange is what observers are told when Close ends tracking at
+// DeliveredToRecipient. Called with t.mu held.
+func (t *MessageTracker) endChange() Change {
+	return Change{From: DeliveredToRecipient, To: DeliveredToRecipient, At: t.endedAt, Ended: true}
+}
+
 // after is what a change leaves to do once t.mu is released: tell the
 // observers, abort the stanza of a message whose tracking ended before it
 // was written.
@@ -270,7 +278,7 @@ func (t *MessageTracker) move(to MessageState, r *Response) (after, error) {
 	if err := checkTransition(t.state, to, t.ended); err != nil {
 		return a, err
 	}
-	t.history = append(t.history, Change{From: t.state, To: to, At: time.Now(), Response: r})
+	t.history = append(t.history, Change{From: t.state, To: to, At: time.Now(), Response: r, Ended: to.IsFinal()})
 	t.state = to
 	if to >= DeliveredToRecipient {
 		t.stopTimer()
@@ -312,7 +320,11 @@ func (t *MessageTracker) OnChange(f func(Change)) {
 		t.obs = &notify.Serial[[]Change]{Settled: t.settleLocked}
 	}
 	n := len(t.history)
-	run := t.obs.Subscribe(each, t.history[:n:n])
+	replay := t.history[:n:n]
+	if t.ended {
+		replay = append(replay, t.endChange())
+	}
+	run := t.obs.Subscribe(each, replay)
 	if t.state.IsFinal() || t.ended {
 		t.obs.Drop()
 	}

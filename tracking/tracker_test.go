@@ -368,9 +368,17 @@ func TestConcurrentDrivers(t *testing.T) {
 			t.Fatalf("history %v does not end final or closed at delivery", history)
 		}
 		wantState(t, tr, history[len(history)-1].To)
+		if last := history[len(history)-1]; !last.To.IsFinal() {
+			// Ended by Close at delivery: observers are told last.
+			history = append(history, Change{From: last.To, To: last.To, Ended: true})
+		}
 		mu.Lock()
 		for i, rec := range recs {
-			if got := rec.get(); !slices.Equal(got, history) {
+			got := rec.get()
+			if n := len(got); n > 0 && !got[n-1].To.IsFinal() {
+				got[n-1].At = time.Time{}
+			}
+			if !slices.Equal(got, history) {
 				t.Errorf("observer %d saw %v, history %v", i, got, history)
 			}
 		}
@@ -593,7 +601,18 @@ func TestClose(t *testing.T) {
 	if !tr.Ended() {
 		t.Error("Ended() is false after Close")
 	}
-	wantTos(t, rec.get(), DeliveredToRecipient)
+	// Observers are told of the end, which is no change of state and is
+	// not in the history.
+	wantTos(t, rec.get(), DeliveredToRecipient, DeliveredToRecipient)
+	if got := rec.get(); got[0].Ended || !got[1].Ended || got[1].From != DeliveredToRecipient {
+		t.Errorf("observer saw %+v", got)
+	}
+	wantTos(t, tr.Changes(), DeliveredToRecipient)
+	late := &recorder{}
+	tr.OnChange(late.observe)
+	if got := late.get(); len(got) != 2 || !got[1].Ended {
+		t.Errorf("a late observer saw %+v", got)
+	}
 	if err := tr.Close(); !errors.Is(err, ErrFinal) {
 		t.Errorf("second Close: %v, want ErrFinal", err)
 	}
