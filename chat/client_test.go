@@ -206,4 +206,3 @@ func TestResponderMessages(t *testing.T) {
 		t.Fatalf("got %s, want the displayed marker", marker)
 	}
 }
-
