@@ -151,9 +151,9 @@ func sendMarker(t testing.TB, s *stream.Stream, to jid.JID, ns, local, id string
 	}
 }
 
-func newChatClient(t testing.TB, s *stream.Stream, opts ...xchat.Option) *xchat.Client {
+func newChatClient(t testing.TB, s *stream.Stream, opts ...xchat.ClientOption) *xchat.Client {
 	c := xchat.NewClient(s, opts...)
-	t.Cleanup(c.Close)
+	t.Cleanup(func() { c.Close() })
 	return c
 }
 
@@ -183,7 +183,7 @@ func TestChatReceiptsAndDisplayed(t *testing.T) {
 	alice := dialStream(t, srv, "alice", nil)
 	bob := dialStream(t, srv, "bob", nil)
 	resp := xchat.NewResponder(bob, xchat.WithReceivedMarkers())
-	t.Cleanup(resp.Close)
+	t.Cleanup(func() { resp.Close() })
 	box := newChatLog(bob)
 	available(t, bob)
 	c := newChatClient(t, alice, xchat.WithTimeout(time.Minute))
@@ -327,7 +327,7 @@ func TestChatUnknownUser(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitState(ctx, t, "to "+to.String(), tr, tracking.Error)
-		e := tr.Err()
+		e := stanzaErr(tr)
 		if e == nil || e.Condition != stanza.ServiceUnavailable {
 			t.Errorf("to %v: error %+v, want service-unavailable", to, e)
 		}
@@ -386,7 +386,7 @@ func TestChatRecipientOffline(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitState(ctx, t, "to offline bob", tr, tracking.Error)
-		e, r := tr.Err(), tr.Response()
+		e, r := stanzaErr(tr), tr.Response()
 		if e == nil || e.Condition != stanza.ServiceUnavailable {
 			t.Errorf("error %+v, want service-unavailable", e)
 		} else {
@@ -411,7 +411,7 @@ func TestChatUnderCuts(t *testing.T) {
 	alice := dialStream(t, srv, "alice", viaProxy(p))
 	bob := dialStream(t, srv, "bob", nil)
 	resp := xchat.NewResponder(bob)
-	t.Cleanup(resp.Close)
+	t.Cleanup(func() { resp.Close() })
 	box := newChatLog(bob)
 	c := newChatClient(t, alice, xchat.WithTimeout(2*time.Minute))
 
@@ -469,7 +469,7 @@ func TestChatResponderAnswers(t *testing.T) {
 	bob := dialStream(t, srv, "bob", nil)
 	bob2 := dialStream(t, srv, "bob", nil)
 	resp := xchat.NewResponder(bob, xchat.WithReceivedMarkers())
-	t.Cleanup(resp.Close)
+	t.Cleanup(func() { resp.Close() })
 	box := newChatLog(bob)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
