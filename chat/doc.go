@@ -28,11 +28,12 @@
 // it in a map by id (one lookup, never a scan). What matters is who sends
 // them: only the addressee can say it has the message.
 //
-//   - A message sent to a bare JID (bob@example.net) is answered by any
-//     resource of that account, or by the bare JID itself: the server
-//     delivers it to the resources it chooses.
-//   - A message sent to a full JID (bob@example.net/phone) is answered only
-//     by exactly that full JID.
+//   - A message sent to a bare JID (bob@example.net) or to a full JID
+//     (bob@example.net/phone) is answered by any resource of that account,
+//     or by the bare JID itself: the server delivers a message to a bare
+//     JID to the resources it chooses, and reroutes one whose resource went
+//     away to another resource of the account (RFC 6121 §8.5.3.2.1).
+//     JIDs are compared as XMPP compares them.
 //   - Anything else is ignored: another account that learnt or guessed the
 //     id, our own other resources (they are not the addressee unless we
 //     wrote to ourselves), and carbons (XEP-0280) of messages, whose receipt
@@ -58,22 +59,26 @@
 // marker must come from a sender that may answer that message (see above).
 // A marker for an id the client does not know changes nothing; a message
 // sent to bob's phone is not marked by a displayed marker for a message sent
-// to bob's bare JID, and the other way round.
+// to bob's bare JID, and the other way round. The order kept is the order
+// on the wire: concurrent SendTracked calls take turns from Track to the
+// stream's acceptance of the message.
 //
 // # What is kept, and for how long
 //
-// A message is remembered from SendTracked until its tracker is final:
-// seen, timed out, in error, aborted, closed (without a timeout, a message
-// that nobody answers is kept until Client.Close). Nothing is kept for a
-// final tracker. DELIVERED_TO_RECIPIENT is not final, because a displayed marker
-// may still come, and tracker timeouts stop at delivery; so that a peer
-// whose client sends receipts but never markers does not make the client
-// grow without bound, at most WithUnseenLimit (DefaultUnseenLimit) delivered
-// messages per address are remembered: when one more is delivered, the
-// oldest delivered one is forgotten. Its tracker stays DELIVERED_TO_RECIPIENT,
-// which is the truth, and no marker can move it any more. Closing a tracker
-// forgets its message at once; Client.Close ends every remembered tracker
-// CLOSED (the tracker's history still shows whether it was delivered).
+// A message is remembered from SendTracked until its tracking ends: seen,
+// timed out, in error, aborted, closed (without a timeout, a message that
+// nobody answers is kept until Client.Close). DELIVERED_TO_RECIPIENT is not
+// final, because a displayed marker may still come, and tracker timeouts
+// stop at delivery; so that peers whose clients send receipts but never
+// markers do not make the client grow without bound, at most
+// WithUnseenLimit (DefaultUnseenLimit) delivered messages are remembered,
+// across all addresses: when one more is delivered, the oldest delivered
+// one is forgotten and its tracking ends. Its tracker stays
+// DELIVERED_TO_RECIPIENT, which is the truth, and Done is closed. Closing a
+// tracker forgets its message at once; Client.Close ends the tracking of
+// every remembered message: undelivered ones end CLOSED, delivered ones keep
+// DELIVERED_TO_RECIPIENT. Close the Client (and a Responder) before the
+// stream.
 //
 // # Connection loss
 //
@@ -98,7 +103,9 @@
 // of the messages the stream receives with a receipt of its own (a message
 // without a type, with a new id, to the sender's full JID), and, when asked,
 // adds a XEP-0333 <received/> marker for markable messages.
-// Responder.MarkDisplayed tells a sender that the user has seen a message.
+// Responder.MarkDisplayed tells a sender that the user has seen a message;
+// WithMessages hands each received message to a function of yours, on a
+// goroutine of the responder's, where it may call MarkDisplayed.
 //
 // # Concurrency
 //

@@ -27,6 +27,10 @@ type Matcher struct {
 	byID   map[string]*entry
 	peers  map[string]*peer // by address as sent
 	closed bool
+	// The delivered messages that wait for a displayed marker, oldest
+	// first, across all peers: WithUnseenLimit bounds them as a whole.
+	dhead, dtail *entry
+	nd           int
 	// to caches the last parsed to of a matched stanza (our own address).
 	to jidCache
 }
@@ -60,29 +64,29 @@ type entry struct {
 	prev, next *entry // the peer's messages, in the order they were tracked
 
 	delivered    bool
-	dprev, dnext *entry // the peer's delivered messages, oldest first
+	dprev, dnext *entry // the Matcher's delivered messages, oldest first
 }
 
 // peer is the address messages were sent to, as written in their to, and
 // its remembered messages.
 type peer struct {
 	addr   string // bare or full JID, normalized
-	full   bool
 	bare   string // the bare JID of addr
 	domain string
 
-	head, tail   *entry
-	n            int
-	dhead, dtail *entry
-	nd           int
+	head, tail *entry
+	n          int
 
 	from jidCache // the last sender of a matched stanza
 }
 
-// NewMatcher returns an empty Matcher. Of the options only WithUnseenLimit
-// applies to it.
-func NewMatcher(opts ...Option) *Matcher {
-	return newMatcher(newConfig(opts))
+// NewMatcher returns an empty Matcher.
+func NewMatcher(opts ...MatcherOption) *Matcher {
+	cfg := config{unseenLimit: DefaultUnseenLimit}
+	for _, o := range opts {
+		o.applyMatcher(&cfg)
+	}
+	return newMatcher(cfg)
 }
 
 func newMatcher(cfg config) *Matcher {
@@ -95,7 +99,8 @@ func newMatcher(cfg config) *Matcher {
 
 // Track remembers that the message with id, sent to to, is followed by t, so
 // that receipts, markers and errors for it move t. The message is forgotten
-// when t becomes final. Track fails on an empty id or address, an id already
+// when t's tracking ends. Displayed markers are cumulative: track the
+// messages to one address in the order they were sent. Track fails on an empty id or address, an id already
 // tracked (ErrDuplicateID), or a closed Matcher (ErrClosed).
 func (m *Matcher) Track(to jid.JID, id string, t *tracking.MessageTracker) error {
 	switch {
@@ -121,7 +126,6 @@ func (m *Matcher) Track(to jid.JID, id string, t *tracking.MessageTracker) error
 	if p == nil {
 		p = &peer{
 			addr:   addr,
-			full:   to.Resourcepart() != "",
 			bare:   to.Bare().String(),
 			domain: to.Domainpart(),
 		}
@@ -140,7 +144,7 @@ func (m *Matcher) Track(to jid.JID, id string, t *tracking.MessageTracker) error
 	m.mu.Unlock()
 	// Forget the message as soon as nothing can change its tracker.
 	t.OnChange(func(c tracking.Change) {
-		if c.To.IsFinal() {
+		if c.Ended {
 			m.forget(e)
 		}
 	})
@@ -155,13 +159,16 @@ func (m *Matcher) Pending() (messages, peers int) {
 	return len(m.byID), len(m.peers)
 }
 
-// Close ends every remembered tracker CLOSED and makes Track fail from then
-// on. Handle still accepts stanzas, and changes nothing.
-func (m *Matcher) Close() {
+// Close ends the tracking of every remembered message and makes Track fail
+// from then on: an undelivered message's tracker ends CLOSED, a delivered
+// one keeps DELIVERED_TO_RECIPIENT (see tracking.MessageTracker.Close).
+// Handle still accepts stanzas, and changes nothing. Close always returns
+// nil.
+func (m *Matcher) Close() error {
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
-		return
+		return nil
 	}
 	m.closed = true
 	ts := make([]*tracking.MessageTracker, 0, len(m.byID))
@@ -171,11 +178,13 @@ func (m *Matcher) Close() {
 	}
 	clear(m.byID)
 	clear(m.peers)
+	m.dhead, m.dtail, m.nd = nil, nil, 0
 	m.mu.Unlock()
 	for _, t := range ts {
 		// A tracker that became final meanwhile refuses; that is fine.
 		_ = t.Close()
 	}
+	return nil
 }
 
 func (m *Matcher) forget(e *entry) {
@@ -205,14 +214,14 @@ func (m *Matcher) unlinkLocked(e *entry) {
 		if e.dprev != nil {
 			e.dprev.dnext = e.dnext
 		} else {
-			p.dhead = e.dnext
+			m.dhead = e.dnext
 		}
 		if e.dnext != nil {
 			e.dnext.dprev = e.dprev
 		} else {
-			p.dtail = e.dprev
+			m.dtail = e.dprev
 		}
-		p.nd--
+		m.nd--
 	}
 	e.peer, e.prev, e.next, e.dprev, e.dnext = nil, nil, nil, nil, nil
 	if m.byID[e.id] == e {
@@ -223,25 +232,29 @@ func (m *Matcher) unlinkLocked(e *entry) {
 	}
 }
 
-// deliveredLocked records that e was delivered and forgets the peer's oldest
-// delivered message when there are more than the limit.
-func (m *Matcher) deliveredLocked(e *entry) {
+// deliveredLocked records that e was delivered and forgets the oldest
+// delivered message of all when there are more than the limit. It returns
+// the tracker of the message forgotten, whose tracking the caller ends after
+// unlocking, or nil.
+func (m *Matcher) deliveredLocked(e *entry) *tracking.MessageTracker {
 	if e.delivered {
-		return
+		return nil
 	}
-	p := e.peer
 	e.delivered = true
-	e.dprev = p.dtail
-	if p.dtail != nil {
-		p.dtail.dnext = e
+	e.dprev = m.dtail
+	if m.dtail != nil {
+		m.dtail.dnext = e
 	} else {
-		p.dhead = e
+		m.dhead = e
 	}
-	p.dtail = e
-	p.nd++
-	if m.limit > 0 && p.nd > m.limit {
-		m.unlinkLocked(p.dhead)
+	m.dtail = e
+	m.nd++
+	if m.limit > 0 && m.nd > m.limit {
+		oldest := m.dhead
+		m.unlinkLocked(oldest)
+		return oldest.t
 	}
+	return nil
 }
 
 // kind is what a receipt or marker says about a message.
@@ -287,6 +300,7 @@ func (m *Matcher) Handle(el *stream.Element) {
 	}
 	var mbuf [4]move
 	moves := mbuf[:0]
+	var ended []*tracking.MessageTracker // forgotten: their tracking ends
 	var hdr stanza.Message
 	m.mu.Lock()
 	for _, mk := range ms {
@@ -299,8 +313,10 @@ func (m *Matcher) Handle(el *stream.Element) {
 		}
 		switch mk.kind {
 		case received:
-			m.deliveredLocked(e)
 			moves = append(moves, move{e.t, tracking.DeliveredToRecipient})
+			if old := m.deliveredLocked(e); old != nil {
+				ended = append(ended, old)
+			}
 		case displayed:
 			// Everything up to e was displayed: pop it all, oldest first.
 			p := e.peer
@@ -324,6 +340,11 @@ func (m *Matcher) Handle(el *stream.Element) {
 		// A rejected transition (a receipt after a timeout, a second
 		// receipt) changes nothing, which is what we want.
 		_ = mv.t.Transition(mv.to, resp)
+	}
+	for _, t := range ended {
+		// No marker can reach it any more: it stays delivered, and its
+		// tracking ends.
+		_ = t.Close()
 	}
 }
 
@@ -397,14 +418,11 @@ func readMarkers(el *stream.Element, ms []marker) []marker {
 }
 
 // accepts reports whether from may answer a message sent to p: any resource
-// of p's bare JID (or the bare JID) when p is bare, exactly p when p is
-// full.
+// of the addressee's account, or its bare JID. A message to a full JID whose
+// resource went away is rerouted by the server to another resource of the
+// same account (RFC 6121 §8.5.3.2.1), whose answer is the addressee's.
 func (p *peer) accepts(from string) bool {
-	if p.full {
-		if from == p.addr {
-			return true
-		}
-	} else if bareOf(from) == p.addr {
+	if bareOf(from) == p.bare {
 		return true
 	}
 	// The server may write the address in another form (case): compare
@@ -413,10 +431,7 @@ func (p *peer) accepts(from string) bool {
 	if err != nil {
 		return false
 	}
-	if p.full {
-		return j.String() == p.addr
-	}
-	return j.Bare().String() == p.addr
+	return j.Bare().String() == p.bare
 }
 
 // acceptsError reports whether an error reply from from may be about a

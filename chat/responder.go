@@ -24,6 +24,24 @@ type ResponderOption func(*Responder)
 // receipt when one was requested.
 func WithReceivedMarkers() ResponderOption { return func(r *Responder) { r.markers = true } }
 
+// Received is a message with a body that the responder received.
+type Received struct {
+	// From is the sender, ID the message's id attribute: what
+	// MarkDisplayed needs.
+	From jid.JID
+	ID   string
+	Body string
+	// Markable is set when the sender asked for chat markers (XEP-0333).
+	Markable bool
+}
+
+// WithMessages registers f to learn of every message with a body and an id
+// that the responder receives from another account (not of type error or
+// groupchat), after its receipt is queued. f runs on a goroutine of the
+// responder's, one message at a time and in the order received, so it may
+// block and may call MarkDisplayed; messages wait in memory for it.
+func WithMessages(f func(Received)) ResponderOption { return func(r *Responder) { r.onMessage = f } }
+
 // A Responder answers the delivery receipt requests (XEP-0184) of the
 // messages one stream receives, and sends chat markers (XEP-0333) on
 // request.
@@ -40,8 +58,16 @@ func WithReceivedMarkers() ResponderOption { return func(r *Responder) { r.marke
 // encoder, which never blocks the stream's reader goroutine and is not held
 // back by a full send queue.
 type Responder struct {
-	s       *stream.Stream
-	markers bool
+	s         *stream.Stream
+	markers   bool
+	onMessage func(Received)
+
+	// mu guards the messages waiting for onMessage, and whether a
+	// goroutine delivers them.
+	mu         sync.Mutex
+	inbox      []Received
+	delivering bool
+	closed     bool
 
 	answered  atomic.Uint64
 	closeOnce sync.Once
@@ -62,9 +88,50 @@ func NewResponder(s *stream.Stream, opts ...ResponderOption) *Responder {
 // responder has written.
 func (r *Responder) Answered() uint64 { return r.answered.Load() }
 
-// Close detaches the responder from its stream.
-func (r *Responder) Close() {
-	r.closeOnce.Do(func() { r.remove() })
+// Close detaches the responder from its stream; messages not yet handed to
+// the WithMessages function are dropped. Close the responders of a stream
+// before the stream itself. Close always returns nil; it implements
+// io.Closer.
+func (r *Responder) Close() error {
+	r.closeOnce.Do(func() {
+		r.remove()
+		r.mu.Lock()
+		r.closed, r.inbox = true, nil
+		r.mu.Unlock()
+	})
+	return nil
+}
+
+// deliver queues m for the WithMessages function, starting the goroutine
+// that runs it when none runs. It runs on the stream's reader goroutine.
+func (r *Responder) deliver(m Received) {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return
+	}
+	r.inbox = append(r.inbox, m)
+	start := !r.delivering
+	r.delivering = true
+	r.mu.Unlock()
+	if start {
+		go r.run()
+	}
+}
+
+func (r *Responder) run() {
+	for {
+		r.mu.Lock()
+		if len(r.inbox) == 0 {
+			r.inbox, r.delivering = nil, false
+			r.mu.Unlock()
+			return
+		}
+		m := r.inbox[0]
+		r.inbox = r.inbox[1:]
+		r.mu.Unlock()
+		r.onMessage(m)
+	}
 }
 
 // MarkDisplayed tells to, the sender of the message whose id attribute is
@@ -111,16 +178,19 @@ func (h responderHandler) HandleXMPP(t xmlstream.TokenReadEncoder, start *xml.St
 	if id == "" || from == "" {
 		return nil
 	}
-	request, markable, isReceipt, err := readRequest(t)
+	m, err := readRequest(t)
 	if err != nil {
 		return fmt.Errorf("chat: read message: %w", err)
 	}
-	markable = markable && h.r.markers
-	if isReceipt || (!request && !markable) {
-		return nil
-	}
 	sender, err := jid.Parse(from)
 	if err != nil || sender.Bare().Equal(h.r.s.Addr().Bare()) {
+		return nil
+	}
+	if h.r.onMessage != nil && m.hasBody {
+		defer h.r.deliver(Received{From: sender, ID: id, Body: m.body, Markable: m.markable})
+	}
+	request, markable := m.request, m.markable && h.r.markers
+	if m.receipt || (!request && !markable) {
 		return nil
 	}
 
@@ -152,10 +222,19 @@ func (h responderHandler) HandleXMPP(t xmlstream.TokenReadEncoder, start *xml.St
 	return nil
 }
 
-// readRequest reads the content of a message and reports which of a receipt
-// request, a markable and a receipt are among its direct children.
-func readRequest(r xml.TokenReader) (request, markable, receipt bool, err error) {
+// content is what the responder needs of a received message.
+type content struct {
+	request, markable, receipt bool // among the direct children
+	hasBody                    bool
+	body                       string
+}
+
+// readRequest reads the content of a message: which of a receipt request, a
+// markable and a receipt are among its direct children, and its body.
+func readRequest(r xml.TokenReader) (content, error) {
+	var c content
 	depth := 0
+	inBody := false
 	for {
 		tok, err := r.Token()
 		if tok != nil {
@@ -165,22 +244,31 @@ func readRequest(r xml.TokenReader) (request, markable, receipt bool, err error)
 				if depth == 1 {
 					switch {
 					case t.Name.Space == NSReceipts && t.Name.Local == "request":
-						request = true
+						c.request = true
 					case t.Name.Space == NSReceipts && t.Name.Local == "received":
-						receipt = true
+						c.receipt = true
 					case t.Name.Space == NSMarkers && t.Name.Local == "markable":
-						markable = true
+						c.markable = true
+					case t.Name.Local == "body" && !c.hasBody:
+						c.hasBody, inBody = true, true
 					}
 				}
+			case xml.CharData:
+				if inBody && depth == 1 {
+					c.body += string(t)
+				}
 			case xml.EndElement:
+				if depth == 1 {
+					inBody = false
+				}
 				depth--
 			}
 		}
 		if err == io.EOF {
-			return request, markable, receipt, nil
+			return c, nil
 		}
 		if err != nil {
-			return false, false, false, err
+			return content{}, err
 		}
 	}
 }

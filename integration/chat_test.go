@@ -151,9 +151,9 @@ func sendMarker(t testing.TB, s *stream.Stream, to jid.JID, ns, local, id string
 	}
 }
 
-func newChatClient(t testing.TB, s *stream.Stream, opts ...xchat.Option) *xchat.Client {
+func newChatClient(t testing.TB, s *stream.Stream, opts ...xchat.ClientOption) *xchat.Client {
 	c := xchat.NewClient(s, opts...)
-	t.Cleanup(c.Close)
+	t.Cleanup(func() { c.Close() })
 	return c
 }
 
@@ -183,7 +183,7 @@ func TestChatReceiptsAndDisplayed(t *testing.T) {
 	alice := dialStream(t, srv, "alice", nil)
 	bob := dialStream(t, srv, "bob", nil)
 	resp := xchat.NewResponder(bob, xchat.WithReceivedMarkers())
-	t.Cleanup(resp.Close)
+	t.Cleanup(func() { resp.Close() })
 	box := newChatLog(bob)
 	available(t, bob)
 	c := newChatClient(t, alice, xchat.WithTimeout(time.Minute))
@@ -285,9 +285,6 @@ func TestChatForgedReceipts(t *testing.T) {
 			forged += 3
 		}
 	}
-	sendMarker(t, laptop, me, xchat.NSReceipts, "received", toPhone.ID())
-	sendMarker(t, laptop, me, xchat.NSMarkers, "displayed", toPhone.ID())
-	forged += 2
 	seen.waitFor(t, forged, 10*time.Second)
 	wantTracker(t, "to bob, after forged receipts", toBare, tracking.DeliveredToServer)
 	wantTracker(t, "to bob's phone, after forged receipts", toPhone, tracking.DeliveredToServer)
@@ -301,8 +298,9 @@ func TestChatForgedReceipts(t *testing.T) {
 	if r := toBare.Response(); r == nil || !r.Message.From.Equal(laptop.Addr()) {
 		t.Errorf("receipt %+v, want one from %v", r, laptop.Addr())
 	}
-	// Sent to the phone: only the phone.
-	sendMarker(t, phone, me, xchat.NSReceipts, "received", toPhone.ID())
+	// Sent to the phone: any resource of bob's answers for it too (the
+	// server reroutes a message whose resource went away).
+	sendMarker(t, laptop, me, xchat.NSReceipts, "received", toPhone.ID())
 	waitState(ctx, t, "to bob's phone", toPhone, tracking.DeliveredToRecipient)
 	sendMarker(t, phone, me, xchat.NSMarkers, "displayed", toPhone.ID())
 	waitState(ctx, t, "to bob's phone", toPhone, tracking.SeenByRecipient)
@@ -327,7 +325,7 @@ func TestChatUnknownUser(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitState(ctx, t, "to "+to.String(), tr, tracking.Error)
-		e := tr.Err()
+		e := stanzaErr(tr)
 		if e == nil || e.Condition != stanza.ServiceUnavailable {
 			t.Errorf("to %v: error %+v, want service-unavailable", to, e)
 		}
@@ -386,7 +384,7 @@ func TestChatRecipientOffline(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitState(ctx, t, "to offline bob", tr, tracking.Error)
-		e, r := tr.Err(), tr.Response()
+		e, r := stanzaErr(tr), tr.Response()
 		if e == nil || e.Condition != stanza.ServiceUnavailable {
 			t.Errorf("error %+v, want service-unavailable", e)
 		} else {
@@ -411,7 +409,7 @@ func TestChatUnderCuts(t *testing.T) {
 	alice := dialStream(t, srv, "alice", viaProxy(p))
 	bob := dialStream(t, srv, "bob", nil)
 	resp := xchat.NewResponder(bob)
-	t.Cleanup(resp.Close)
+	t.Cleanup(func() { resp.Close() })
 	box := newChatLog(bob)
 	c := newChatClient(t, alice, xchat.WithTimeout(2*time.Minute))
 
@@ -469,7 +467,7 @@ func TestChatResponderAnswers(t *testing.T) {
 	bob := dialStream(t, srv, "bob", nil)
 	bob2 := dialStream(t, srv, "bob", nil)
 	resp := xchat.NewResponder(bob, xchat.WithReceivedMarkers())
-	t.Cleanup(resp.Close)
+	t.Cleanup(func() { resp.Close() })
 	box := newChatLog(bob)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -521,5 +519,32 @@ func TestChatResponderAnswers(t *testing.T) {
 	}
 	if !slices.Equal(answers.msgs, want) {
 		t.Errorf("alice got answers\n%q\nwant\n%q", answers.msgs, want)
+	}
+}
+
+// TestChatReroutedReceipt (issue 10, defect 12): a message to a full JID
+// whose resource is gone is rerouted by Prosody to bob's other resource
+// (RFC 6121 §8.5.3.2.1), whose receipt is bob's: DELIVERED_TO_RECIPIENT.
+func TestChatReroutedReceipt(t *testing.T) {
+	srv := prosody.StartTB(t, prosody.Options{Users: map[string]string{"alice": "a-pw", "bob": "b-pw"}})
+	alice := dialStream(t, srv, "alice", nil)
+	c := newChatClient(t, alice, xchat.WithTimeout(time.Minute))
+	laptop := dialStream(t, srv, "bob", nil)
+	resp := xchat.NewResponder(laptop)
+	t.Cleanup(func() { resp.Close() })
+	available(t, laptop)
+	gone, err := srv.JID("bob").WithResource("gone-phone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tr, err := c.SendTracked(ctx, gone, "to a phone that is off")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitState(ctx, t, "to bob's gone phone", tr, tracking.DeliveredToRecipient)
+	if r := tr.Response(); r == nil || !r.Message.From.Equal(laptop.Addr()) {
+		t.Fatalf("receipt %+v, want one from %v", r, laptop.Addr())
 	}
 }

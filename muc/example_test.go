@@ -39,7 +39,7 @@ func Example() {
 			log.Printf("%s: %v %v", ev.Room.Addr(), ev.Kind, ev.Err)
 		}),
 	)
-	defer c.Close()
+	defer c.Close() // runs before s.Close: close the clients, then the stream
 
 	room, err := c.Join(ctx, jid.MustParse("lobby@conference.example.net"), "alice")
 	switch {
@@ -60,8 +60,50 @@ func Example() {
 	case tracking.DeliveredToRecipient:
 		fmt.Println("the room has distributed the message")
 	case tracking.Error:
-		fmt.Println("the room refused the message:", tr.Err().Condition)
+		fmt.Println("the room refused the message:", tr.Err())
 	default:
 		fmt.Println("no proof of delivery:", st)
+	}
+}
+
+// This is the README's "Use" example, kept here so that it compiles. It
+// needs a server, so it is compiled but not run by go test.
+func Example_readme() {
+	ctx := context.Background()
+	password := "secret"
+	err := func() error {
+		s, err := stream.Dial(ctx, stream.Config{
+			JID:      jid.MustParse("alice@example.net"),
+			Password: password,
+			// Empty: dial the JID's domain on port 5222, without SRV.
+			Addr: "xmpp.example.net:5222",
+			TLS:  &tls.Config{},
+		})
+		if err != nil {
+			return err
+		}
+		defer s.Close(ctx)
+
+		rooms := muc.NewClient(s)
+		defer rooms.Close() // before the stream: defers run in reverse
+		room, err := rooms.Join(ctx, jid.MustParse("team@conference.example.net"), "alice")
+		if err != nil {
+			return err
+		}
+		tr, err := room.SendTrackedMessage(ctx, "hello")
+		if err != nil {
+			return err
+		}
+		state, err := tr.Wait(ctx, tracking.DeliveredToRecipient)
+		if err != nil {
+			return err // ctx ended first
+		}
+		// DELIVERED_TO_RECIPIENT once the room reflected the message, or the
+		// final state that says why not: ERROR, TIMED_OUT, CLOSED, ABORTED.
+		fmt.Println(state)
+		return nil
+	}()
+	if err != nil {
+		log.Print(err)
 	}
 }

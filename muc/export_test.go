@@ -12,16 +12,13 @@ import (
 // they exist so that tests and benchmarks can feed stanzas straight to the
 // client's handler (see Client.HandleForTest).
 func NewDetachedRoom(room jid.JID, nick string) (*Client, *Room) {
-	c := &Client{rooms: make(map[string]*Room)}
-	r := &Room{
-		c:        c,
-		addr:     room.Bare(),
-		key:      room.Bare().String(),
-		nick:     nick,
-		self:     room.Bare().String() + "/" + nick,
-		byOrigin: make(map[string]*pending),
-		byID:     make(map[string]*pending),
+	c := newClient(nil)
+	occupant, err := room.WithResource(nick)
+	if err != nil {
+		panic(err)
 	}
+	r := newRoom(c, occupant, joinConfig{})
+	r.state = joined
 	c.rooms[r.key] = r
 	return c, r
 }
@@ -34,7 +31,7 @@ func (c *Client) HandleForTest(el *stream.Element) { c.handle(el) }
 // tracker.
 func (r *Room) TrackForTest(id, originID string) *tracking.MessageTracker {
 	t := tracking.NewMessageTracker(tracking.WithID(id))
-	p := &pending{t: t, id: id, originID: originID}
+	p := &pending{r: r, t: t, id: id, originID: originID}
 	r.mu.Lock()
 	r.byOrigin[originID] = p
 	r.byID[id] = p

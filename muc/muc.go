@@ -16,16 +16,27 @@
 //   - TIMED_OUT when neither happens in time, CLOSED when the room is left
 //     or the client closed, ABORTED when the stanza never left.
 //
+// The reflection is the room's last word: the room closes the tracker then,
+// so tracking ends at DELIVERED_TO_RECIPIENT (Done is closed, the state
+// stays). A timeout of zero or less means no timeout; WithPendingLimit
+// bounds the messages without one.
+//
 // # Matching
 //
 // Every message carries a random id and a XEP-0359 <origin-id/> known before
-// it is sent. A reflection must be of type groupchat and come from exactly
-// our occupant JID; it is matched by its origin-id or, when the room dropped
-// that, by its id: one map lookup each, never a scan. Another occupant who
-// sends a message with our id and origin-id does not move our tracker,
-// because the room relays it from that occupant's JID. An error must come
-// from the room's bare JID or our occupant JID and carry our id. Once a
-// tracker is DELIVERED_TO_RECIPIENT or final, the room forgets it.
+// it is sent. A reflection must be of type groupchat and come from our
+// occupant JID, compared as XMPP compares JIDs (the room's localpart and
+// domain normalized, the nick exactly); when the room gave us a XEP-0421
+// occupant id, the reflection must carry it too. It is matched by its
+// origin-id or, when the room dropped that, by its id: one map lookup each,
+// never a scan. Another occupant who sends a message with our id and
+// origin-id does not move our tracker, because the room relays it from that
+// occupant's JID. An error must come from the room's bare JID or our
+// occupant JID and carry our id. Of the XEP-0359 stanza-ids of a reflection,
+// the one assigned by the room is kept (tracking.Response.StanzaID). Once a
+// tracker is DELIVERED_TO_RECIPIENT or final, the room forgets it. After a
+// nick change (Room.SetNick, or the room's), reflections are expected from
+// the new occupant JID.
 //
 // # Connection loss
 //
@@ -33,36 +44,52 @@
 // still has us and the stream writes again what the server had not
 // acknowledged. When the stream has to start a new session, the server has
 // taken us out of every room: the Client joins them again by itself and
-// reports EventRejoined (or EventRejoinFailed). Messages that were in flight
-// end CLOSED unless their reflection already arrived; messages the stream
-// writes before the rejoin is complete may be refused by the room (ERROR,
-// not-acceptable), which is the truth.
+// reports EventRejoined (or EventRejoinFailed). Messages that were written
+// end CLOSED unless their reflection already arrived. Messages still queued,
+// and those sent meanwhile, are held until the room's self-presence
+// confirms the rejoin, then sent in order; if the rejoin fails they end
+// ERROR with the room's refusal, or CLOSED. Leave and Client.Close during a
+// rejoin win: no event, and no join presence after the leave. A join or
+// rejoin that gets no answer in time is followed by an unavailable presence.
 //
 // # Removal
 //
 // When the room removes us (kicked, banned, destroyed, shut down), the client
-// reports EventRemoved and refuses new messages with ErrLeft. Messages
-// already in flight stay pending: the room either reflected them before the
-// removal or will answer them with an error, and their tracker says which
-// (or TIMED_OUT). Leave and Client.Close end pending trackers CLOSED.
+// reports EventRemoved and refuses new messages with ErrLeft. The room is
+// out of Client.Rooms at once: Join may enter it again straight away.
+// Messages already written stay pending: the room either reflected them
+// before the removal or will answer them with an error, and their tracker
+// says which (or TIMED_OUT). Leave ends them CLOSED at once, as does
+// Client.Close.
 //
 // # Concurrency
 //
 // Client and Room are safe for concurrent use. Stanzas are matched on the
 // stream's reader goroutine; tracker observers run there too, so they must
-// not block.
+// not block. Room events go to the WithEvents function on a goroutine of
+// the room's, one at a time and in order. Room.mu guards a room's state and
+// indexes; Client.mu the room maps, and is taken after a Room's lock, never
+// before it.
+//
+// # Closing
+//
+// Close the Client before the stream it is attached to: Client.Close ends
+// the trackers, Stream.Close ends the session (and with it our presence in
+// the rooms).
 package muc
 
 import (
 	"errors"
 
+	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 )
 
 // Namespaces of XEP-0045.
 const (
-	NS     = "http://jabber.org/protocol/muc"
-	NSUser = "http://jabber.org/protocol/muc#user"
+	NS      = "http://jabber.org/protocol/muc"
+	NSUser  = "http://jabber.org/protocol/muc#user"
+	NSOwner = "http://jabber.org/protocol/muc#owner"
 )
 
 // Join errors: a failed Join returns a *JoinError, which errors.Is matches
@@ -93,7 +120,7 @@ var ErrInvalidText = errors.New("muc: text not allowed in XML")
 
 // RemovedError says why the room removed us (see EventRemoved).
 type RemovedError struct {
-	Room string
+	Room jid.JID
 	// Codes are the XEP-0045 status codes of the room's presence: 301
 	// banned, 307 kicked, 321 affiliation change, 322 members-only, 332
 	// service shut down, 333 an error of ours.
@@ -122,7 +149,7 @@ func (e *RemovedError) Error() string {
 	if e.Destroyed {
 		reason = "room destroyed"
 	}
-	return "muc: " + e.Room + ": " + reason
+	return "muc: " + e.Room.String() + ": " + reason
 }
 
 // Unwrap lets errors.Is match ErrLeft.
@@ -130,14 +157,14 @@ func (e *RemovedError) Unwrap() error { return ErrLeft }
 
 // JoinError is the room's refusal of a join.
 type JoinError struct {
-	Room string
+	Room jid.JID
 	// Err is the error the room answered with.
 	Err *stanza.Error
 }
 
 // Error implements error.
 func (e *JoinError) Error() string {
-	s := "muc: join " + e.Room + ": " + string(e.Err.Condition)
+	s := "muc: join " + e.Room.String() + ": " + string(e.Err.Condition)
 	for _, t := range e.Err.Text {
 		if t != "" {
 			s += " (" + t + ")"

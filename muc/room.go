@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
 
+	"mellium.im/xmlstream"
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 
@@ -18,6 +20,38 @@ import (
 	"github.com/xmpptrack/xmpptrack/tracking"
 )
 
+// NSOccupantID is the namespace of XEP-0421 occupant ids.
+const NSOccupantID = "urn:xmpp:occupant-id:0"
+
+// roomState is where the client is with a room. The whole state machine is
+// one table, roomNext; Room.setLocked is the one place that changes state.
+type roomState uint8
+
+const (
+	// joining: the join presence is sent, the room has not answered.
+	joining roomState = iota
+	// joined: in the room; messages go to the stream at once.
+	joined
+	// rejoining: the stream started a new session and the room is joined
+	// again; messages are held until the room's self-presence confirms the
+	// rejoin, then sent in order.
+	rejoining
+	// removed: the room removed us. Messages in flight still learn the
+	// room's answer; nothing new is sent.
+	removed
+	// left: Leave, Client.Close, a failed join or rejoin. Nothing is
+	// pending and nothing is sent any more. Final.
+	left
+)
+
+// roomNext[from] holds the states a room may move to.
+var roomNext = [...][]roomState{
+	joining:   {joined, left},
+	joined:    {rejoining, removed, left},
+	rejoining: {rejoining, joined, removed, left},
+	removed:   {left},
+}
+
 // A Room is a room the client has joined.
 type Room struct {
 	c    *Client
@@ -25,16 +59,33 @@ type Room struct {
 	key  string  // addr as a string, the key of Client.rooms
 	join joinConfig
 
+	// ctx ends when the room is left: a rejoin and the messages it holds
+	// back stop waiting for the stream then.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// presence serialises the presences the room sends (joins and the
+	// leave), so that no join presence follows our unavailable presence.
+	presence sync.Mutex
+
 	// mu guards the fields below.
-	mu       sync.Mutex
-	nick     string
-	self     string       // our occupant JID, as the room writes it
-	joinID   string       // id of the latest join presence awaiting its answer
-	joined   []chan error // joins waiting for that answer
-	rejoins  uint64       // rejoins started; only the latest reports
-	left     bool
-	byOrigin map[string]*pending // pending messages by origin-id
-	byID     map[string]*pending // pending messages by id
+	mu         sync.Mutex
+	state      roomState
+	self       jid.JID      // our occupant JID
+	selfRaw    string       // self as the room writes it
+	occupantID string       // our XEP-0421 occupant id, if the room gives one
+	joinID     string       // id of the latest join presence awaiting its answer
+	joined     []chan error // joins waiting for that answer
+	created    bool         // the latest self-presence said 201: the room is new and locked
+	rejoins    uint64       // rejoins started; only the latest reports
+	nickID     string       // id of the nick change presence awaiting its answer
+	nickDone   chan error
+	byOrigin   map[string]*pending // pending messages by origin-id
+	byID       map[string]*pending // pending messages by id
+	held       []*pending          // messages held during a rejoin, in send order
+	seq        uint64              // messages sent, for the order of held ones
+	events     []Event             // room events not yet delivered
+	emitting   bool                // a goroutine is delivering events
 
 	// jids guards the JIDs last parsed by messageHeader.
 	jids struct {
@@ -43,11 +94,107 @@ type Room struct {
 	}
 }
 
-// pending is a message waiting for its reflection or error.
+func newRoom(c *Client, occupant jid.JID, jc joinConfig) *Room {
+	r := &Room{
+		c:        c,
+		addr:     occupant.Bare(),
+		key:      occupant.Bare().String(),
+		join:     jc,
+		self:     occupant,
+		selfRaw:  occupant.String(),
+		byOrigin: make(map[string]*pending),
+		byID:     make(map[string]*pending),
+	}
+	r.ctx, r.cancel = context.WithCancel(c.ctx)
+	return r
+}
+
+// setLocked moves the room to state to if the table allows it, and reports
+// whether it did. r.mu must be held.
+func (r *Room) setLocked(to roomState) bool {
+	if int(r.state) >= len(roomNext) || !slices.Contains(roomNext[r.state], to) {
+		return false
+	}
+	r.state = to
+	return true
+}
+
+// pending is a message waiting for its reflection or error. Its tracker is
+// bound to it rather than to the stream's token, because a message held
+// back during a rejoin gets a new token when it is finally written: pending
+// passes on the changes of its current token only.
 type pending struct {
+	r            *Room
 	t            *tracking.MessageTracker
 	id, originID string
-	tok          *stream.StanzaToken // set once the stream accepted the stanza; guarded by Room.mu
+	b            []byte // the stanza
+	seq          uint64
+
+	// Guarded by Room.mu:
+	tok     *stream.StanzaToken      // the current token; nil while held or not yet queued
+	onTok   func(stream.TokenChange) // the tracker's observer
+	ended   bool                     // the tracker ended: never send it
+	sending bool                     // handed to the stream, token not yet known
+
+	// Guarded by Client.untimed:
+	uprev, unext *pending
+	inUntimed    bool
+}
+
+// Observe implements tracking.Token: the tracker learns the changes of the
+// message's current stream token.
+func (p *pending) Observe(f func(stream.TokenChange)) {
+	p.r.mu.Lock()
+	p.onTok = f
+	p.r.mu.Unlock()
+	f(stream.TokenChange{State: stream.TokenQueued})
+}
+
+// Abort implements tracking.Token: it keeps the message from being written,
+// whether it is held, queued in the stream, or on its way there.
+func (p *pending) Abort() error {
+	r := p.r
+	r.mu.Lock()
+	if p.ended {
+		r.mu.Unlock()
+		return nil
+	}
+	tok := p.tok
+	if tok != nil {
+		r.mu.Unlock()
+		return tok.Abort()
+	}
+	p.ended = true
+	if i := slices.Index(r.held, p); i >= 0 {
+		r.held = slices.Delete(r.held, i, i+1)
+	}
+	r.mu.Unlock()
+	return nil
+}
+
+// follow makes p's tracker learn the changes of tok, its new stream token.
+func (p *pending) follow(tok *stream.StanzaToken) {
+	r := p.r
+	r.mu.Lock()
+	p.sending = false
+	if p.ended {
+		r.mu.Unlock()
+		_ = tok.Abort()
+		return
+	}
+	p.tok = tok
+	r.mu.Unlock()
+	tok.Observe(func(c stream.TokenChange) {
+		r.mu.Lock()
+		f := p.onTok
+		if p.tok != tok {
+			f = nil // replaced: the message was held back for a rejoin
+		}
+		r.mu.Unlock()
+		if f != nil {
+			f(c)
+		}
+	})
 }
 
 // Addr returns the room's bare JID.
@@ -57,40 +204,26 @@ func (r *Room) Addr() jid.JID { return r.addr }
 func (r *Room) Nick() string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.nick
+	return r.self.Resourcepart()
 }
 
-// OccupantJID returns our occupant JID (room@service/nick) as the room writes
-// it.
-func (r *Room) OccupantJID() string {
+// OccupantJID returns our occupant JID (room@service/nick).
+func (r *Room) OccupantJID() jid.JID {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.self
 }
 
-// Pending returns how many messages await their reflection, counted in each
-// of the room's two indexes (by origin-id and by id). Both are zero when no
-// tracked message is in flight.
-func (r *Room) Pending() (byOriginID, byID int) {
+// Pending returns how many tracked messages await their reflection (or the
+// room's error), held back during a rejoin included.
+func (r *Room) Pending() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return len(r.byOrigin), len(r.byID)
+	return len(r.byID)
 }
 
-// sendJoin sends the join presence and waits for the self-presence. When
-// another join is sent before the answer (a rejoin after yet another new
-// session), both learn the answer to the latest: the earlier presence went
-// to a session that is gone.
-func (r *Room) sendJoin(ctx context.Context) error {
-	id := xstanza.NewID()
-	done := make(chan error, 1)
-	r.mu.Lock()
-	r.joinID = id
-	r.joined = append(r.joined, done)
-	occupant := r.addr.String() + "/" + r.nick
-	r.self = occupant
-	r.mu.Unlock()
-
+// joinPresence returns the join presence to occupant with id.
+func (r *Room) joinPresence(occupant, id string) []byte {
 	b := make([]byte, 0, 256)
 	b = append(b, "<presence to='"...)
 	b = xstanza.AppendEscaped(b, occupant)
@@ -107,149 +240,379 @@ func (r *Room) sendJoin(ctx context.Context) error {
 		b = xstanza.AppendEscaped(b, r.join.password)
 		b = append(b, "</password>"...)
 	}
-	b = append(b, "</x></presence>"...)
-	if _, err := r.c.s.SendBytes(ctx, id, b); err != nil {
+	return append(b, "</x></presence>"...)
+}
+
+// sendJoin sends the join presence and waits for the self-presence. When
+// another join is sent before the answer (a rejoin after yet another new
+// session), both learn the answer to the latest: the earlier presence went
+// to a session that is gone. rejoin is the number of the rejoin, 0 for the
+// first join. When ctx ends first, an unavailable presence follows, so that
+// a late answer does not leave us in the room.
+func (r *Room) sendJoin(ctx context.Context, rejoin uint64) error {
+	id := xstanza.NewID()
+	done := make(chan error, 1)
+	r.presence.Lock()
+	r.mu.Lock()
+	if r.state == left || (rejoin != 0 && rejoin != r.rejoins) {
+		r.mu.Unlock()
+		r.presence.Unlock()
+		return ErrLeft
+	}
+	r.joinID = id
+	r.joined = append(r.joined, done)
+	r.created = false
+	occupant := r.self.String()
+	r.mu.Unlock()
+	_, err := r.c.s.SendBytes(ctx, id, r.joinPresence(occupant, id))
+	r.presence.Unlock()
+	if err != nil {
+		r.dropJoin(done)
 		return fmt.Errorf("muc: join %s: %w", r.key, err)
 	}
 	select {
+	case err = <-done:
+	case <-ctx.Done():
+		if err = r.dropJoin(done); err == nil {
+			err = fmt.Errorf("muc: join %s: %w", r.key, ctx.Err())
+			r.mu.Lock()
+			st := r.state
+			r.mu.Unlock()
+			if st != left {
+				// Left meanwhile: Leave says goodbye itself.
+				r.sendLeave(r.c.ctx, occupant)
+			}
+			return err
+		}
+	}
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	created := r.created
+	r.mu.Unlock()
+	if created {
+		return r.instant(ctx)
+	}
+	return nil
+}
+
+// dropJoin stops waiting for the answer to a join on done. It returns the
+// answer when it came meanwhile, nil otherwise.
+func (r *Room) dropJoin(done chan error) error {
+	r.mu.Lock()
+	if i := slices.Index(r.joined, done); i >= 0 {
+		r.joined = slices.Delete(r.joined, i, i+1)
+	}
+	if len(r.joined) == 0 {
+		r.joinID, r.joined = "", nil
+	}
+	r.mu.Unlock()
+	select {
 	case err := <-done:
 		return err
-	case <-ctx.Done():
-		r.mu.Lock()
-		for i, ch := range r.joined {
-			if ch == done {
-				r.joined = append(r.joined[:i:i], r.joined[i+1:]...)
-				break
-			}
-		}
-		if len(r.joined) == 0 {
-			r.joinID, r.joined = "", nil
-		}
-		r.mu.Unlock()
-		select {
-		case err := <-done:
-			// Answered meanwhile.
-			return err
-		default:
-		}
-		return fmt.Errorf("muc: join %s: %w", r.key, ctx.Err())
+	default:
+		return nil
 	}
+}
+
+// instant accepts the default configuration of a room the service created
+// for us and keeps locked until its owner configures it (XEP-0045 §10.1.2).
+func (r *Room) instant(ctx context.Context) error {
+	iq := stanza.IQ{To: r.addr, Type: stanza.SetIQ}
+	q := xml.StartElement{Name: xml.Name{Space: NSOwner, Local: "query"}}
+	x := xml.StartElement{Name: xml.Name{Space: "jabber:x:data", Local: "x"}, Attr: []xml.Attr{{Name: xml.Name{Local: "type"}, Value: "submit"}}}
+	reply, err := r.c.s.SendIQ(ctx, iq, xmlstream.Wrap(xmlstream.Wrap(nil, x), q))
+	if err != nil {
+		return fmt.Errorf("muc: join %s: configure the new room: %w", r.key, err)
+	}
+	if xstanza.Attr(reply.Start, "type") == "error" {
+		return &JoinError{Room: r.addr, Err: stanzaError(reply)}
+	}
+	return nil
+}
+
+// sendLeave queues an unavailable presence to occupant. It returns at once;
+// the presence waits for room in the stream's queue no longer than ctx.
+func (r *Room) sendLeave(ctx context.Context, occupant string) {
+	id := xstanza.NewID()
+	b := append([]byte("<presence type='unavailable' to='"), xstanza.AppendEscaped(nil, occupant)...)
+	b = append(b, "' id='"...)
+	b = append(b, id...)
+	b = append(b, "'/>"...)
+	go func() {
+		r.presence.Lock()
+		defer r.presence.Unlock()
+		_, _ = r.c.s.SendBytes(ctx, id, b)
+	}()
+}
+
+// SetNick changes our nick in the room and waits for the room's answer, or
+// for ctx. Messages in flight follow the change: their reflection is
+// expected from the new occupant JID. A refusal is a *JoinError (for
+// example ErrNickConflict).
+func (r *Room) SetNick(ctx context.Context, nick string) error {
+	occupant, err := r.addr.WithResource(nick)
+	if err != nil || nick == "" {
+		return fmt.Errorf("muc: bad nick %q: %v", nick, err)
+	}
+	id := xstanza.NewID()
+	done := make(chan error, 1)
+	r.mu.Lock()
+	if r.state != joined {
+		r.mu.Unlock()
+		return fmt.Errorf("muc: change nick in %s: %w", r.key, ErrLeft)
+	}
+	if r.nickID != "" {
+		r.mu.Unlock()
+		return fmt.Errorf("muc: change nick in %s: a change is already in progress", r.key)
+	}
+	r.nickID, r.nickDone = id, done
+	r.mu.Unlock()
+	b := []byte("<presence to='")
+	b = xstanza.AppendEscaped(b, occupant.String())
+	b = append(b, "' id='"...)
+	b = append(b, id...)
+	b = append(b, "'/>"...)
+	_, err = r.c.s.SendBytes(ctx, id, b)
+	if err == nil {
+		select {
+		case err = <-done:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	}
+	r.mu.Lock()
+	if r.nickID == id {
+		r.nickID, r.nickDone = "", nil
+	}
+	r.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("muc: change nick in %s: %w", r.key, err)
+	}
+	return nil
 }
 
 // handlePresence follows our own presence in the room: the self-presence
 // that completes a join (status 110), nick changes (303, 210), errors, and
 // the room removing us (kicked, banned, room destroyed, service shut down).
-func (r *Room) handlePresence(el *stream.Element, from string) {
+func (r *Room) handlePresence(el *stream.Element, from sender) {
 	typ := xstanza.Attr(el.Start, "type")
+	id := xstanza.Attr(el.Start, "id")
+	var held []*pending
 	r.mu.Lock()
 	if typ == "error" {
-		if r.joinID != "" && xstanza.Attr(el.Start, "id") == r.joinID {
-			r.finishJoin(&JoinError{Room: r.key, Err: stanzaError(el)})
+		switch {
+		case r.joinID != "" && id == r.joinID:
+			r.finishJoinLocked(&JoinError{Room: r.addr, Err: stanzaError(el)})
+		case r.nickID != "" && id == r.nickID:
+			r.nickDone <- &JoinError{Room: r.addr, Err: stanzaError(el)}
+			r.nickID, r.nickDone = "", nil
 		}
 		r.mu.Unlock()
 		return
 	}
 	u, ok := readMUCUser(el.Inner)
-	if !ok || !(u.has("110") || (u.destroyed && from == r.self)) {
+	if !ok || !(u.has("110") || (u.destroyed && from.resource == r.self.Resourcepart())) {
 		r.mu.Unlock()
 		return
 	}
-	var removed error
 	switch {
 	case typ == "unavailable" && u.has("303") && u.nick != "":
 		// Our nick changed; the new self-presence follows.
-		r.nick = u.nick
-		r.self = r.key + "/" + u.nick
-	case typ == "unavailable" && r.joinID == "" && !r.left:
-		removed = &RemovedError{Room: r.key, Codes: u.codes, Destroyed: u.destroyed}
+		if self, err := r.addr.WithResource(u.nick); err == nil {
+			r.self, r.selfRaw = self, self.String()
+		}
+	case typ == "unavailable" && r.joinID == "" && (r.state == joined || r.state == rejoining):
+		r.setLocked(removed)
+		// Messages held for a rejoin were never written: they end.
+		// Those in flight still learn the room's answer.
+		held, r.held = r.held, nil
+		for _, p := range held {
+			r.forgetLocked(p)
+		}
+		// Out of the joined rooms at once, so that Join may enter the
+		// room again, even from the event's function.
+		r.c.depart(r)
+		r.emitLocked(Event{Kind: EventRemoved, Room: r, Err: &RemovedError{Room: r.addr, Codes: u.codes, Destroyed: u.destroyed}})
 	case typ == "":
-		r.self = from
-		if i := indexByte(from, '/'); i >= 0 {
-			r.nick = from[i+1:]
+		if self, err := jid.Parse(from.raw); err == nil {
+			r.self = self
+		}
+		r.selfRaw = from.raw
+		if u.occupantID != "" {
+			r.occupantID = u.occupantID
+		}
+		if r.nickID != "" && id == r.nickID {
+			r.nickDone <- nil
+			r.nickID, r.nickDone = "", nil
 		}
 		if r.joinID != "" {
-			r.finishJoin(nil)
+			r.created = u.has("201")
+			if r.state == rejoining {
+				r.emitLocked(Event{Kind: EventRejoined, Room: r})
+			}
+			r.finishJoinLocked(nil)
 		}
 	}
-	if removed != nil {
-		// Messages still in flight will be refused by the room (or were
-		// reflected before this presence): they stay pending for that
-		// answer or their timeout. Nothing new can be sent.
-		r.left = true
-	}
 	r.mu.Unlock()
-	if removed != nil {
+	for _, p := range held {
+		r.c.unlimit(p)
+		_ = p.t.Close()
+	}
+	if held != nil || typ == "unavailable" {
 		r.maybeForget()
-		go r.c.emit(Event{Kind: EventRemoved, Room: r, Err: removed})
 	}
 }
 
-// maybeForget takes a room that was left out of its client once nothing is
-// pending in it any more.
 func (r *Room) maybeForget() {
 	r.mu.Lock()
-	done := r.left && len(r.byID) == 0 && len(r.byOrigin) == 0
+	done := r.state == removed && len(r.byID) == 0
+	if done {
+		r.setLocked(left)
+	}
 	r.mu.Unlock()
 	if done {
+		r.cancel()
 		r.c.forget(r)
 	}
 }
 
-func (r *Room) finishJoin(err error) {
+func (r *Room) finishJoinLocked(err error) {
 	for _, ch := range r.joined {
 		ch <- err
 	}
 	r.joinID, r.joined = "", nil
+	if err == nil && r.state == joining {
+		r.setLocked(joined)
+	}
 }
 
-// handleMessage matches a reflection or an error to a pending message.
-func (r *Room) handleMessage(el *stream.Element, from string) {
+// emitLocked queues ev for the client's WithEvents function. The events of
+// a room are delivered one at a time and in order, by a goroutine that runs
+// while there are events to deliver. r.mu must be held.
+func (r *Room) emitLocked(ev Event) {
+	if r.c.onEvent == nil {
+		return
+	}
+	r.events = append(r.events, ev)
+	if !r.emitting {
+		r.emitting = true
+		go r.deliverEvents()
+	}
+}
+
+func (r *Room) deliverEvents() {
+	for {
+		r.mu.Lock()
+		if len(r.events) == 0 {
+			r.events, r.emitting = nil, false
+			r.mu.Unlock()
+			return
+		}
+		ev := r.events[0]
+		r.events = r.events[1:]
+		r.mu.Unlock()
+		r.c.onEvent(ev)
+	}
+}
+
+// handleMessage matches a reflection or an error to a pending message, and
+// reports whether it did.
+func (r *Room) handleMessage(el *stream.Element, from sender) bool {
 	typ := xstanza.Attr(el.Start, "type")
 	var p *pending
 	var to tracking.MessageState
 	resp := &tracking.Response{}
-	ids := xstanza.ReadIDs(el.Start, el.Inner)
 	r.mu.Lock()
 	switch typ {
 	case "groupchat":
-		if from != r.self {
+		if !r.isSelfLocked(from) {
 			r.mu.Unlock()
-			return
+			return false
 		}
-		if ids.OriginID != "" {
-			p = r.byOrigin[ids.OriginID]
+		ids := readIDs(el, r.addr)
+		if r.occupantID != "" && ids.occupantID != r.occupantID {
+			// XEP-0421: the room vouches for the sender; another
+			// occupant id is someone else, whatever the JID says.
+			r.mu.Unlock()
+			return false
 		}
-		if p == nil && ids.ID != "" {
-			p = r.byID[ids.ID]
+		if ids.originID != "" {
+			p = r.byOrigin[ids.originID]
+		}
+		if p == nil && ids.id != "" {
+			p = r.byID[ids.id]
 		}
 		to = tracking.DeliveredToRecipient
-		if ids.StanzaIDBy == r.key {
-			resp.StanzaID, resp.StanzaIDBy = ids.StanzaID, ids.StanzaIDBy
-		}
+		resp.StanzaID, resp.StanzaIDBy = ids.stanzaID, ids.stanzaIDBy
 	case "error":
-		if from != r.key && from != r.self {
+		if from.resource != "" && !r.isSelfLocked(from) {
 			r.mu.Unlock()
-			return
+			return false
 		}
-		p = r.byID[ids.ID]
+		p = r.byID[xstanza.Attr(el.Start, "id")]
 		to = tracking.Error
 		resp.Error = stanzaError(el)
 	}
 	if p != nil {
 		r.forgetLocked(p)
 	}
-	left := r.left
 	r.mu.Unlock()
 	if p == nil {
-		return
-	}
-	if left {
-		defer r.maybeForget()
+		return false
 	}
 	resp.Message = r.messageHeader(el.Start)
 	// A rejected transition (an error after the reflection, a reflection
 	// after a timeout) changes nothing, which is what we want.
-	_ = p.t.Transition(to, resp)
+	if p.t.Transition(to, resp) == nil && to == tracking.DeliveredToRecipient {
+		// The reflection is the room's last word: tracking ends here.
+		_ = p.t.Close()
+	}
+	return true
+}
+
+// isSelfLocked reports whether from is our occupant JID: the bare JID
+// normalized (handle found the room by it), the nick exactly.
+func (r *Room) isSelfLocked(from sender) bool {
+	return from.raw == r.selfRaw || from.resource == r.self.Resourcepart()
+}
+
+// ids are the identifiers of a room's message.
+type ids struct {
+	id, originID string
+	stanzaID     string
+	stanzaIDBy   jid.JID
+	occupantID   string
+}
+
+// readIDs reads the ids of a message from room: its id, origin-id,
+// occupant-id, and the stanza-id the room itself assigned (a message may
+// carry others, from archives on the way).
+func readIDs(el *stream.Element, room jid.JID) ids {
+	v := ids{id: xstanza.Attr(el.Start, "id")}
+	depth := 0
+	for _, tok := range el.Inner {
+		switch t := tok.(type) {
+		case xml.StartElement:
+			if depth == 0 {
+				switch {
+				case t.Name.Space == xstanza.NSSID && t.Name.Local == "origin-id" && v.originID == "":
+					v.originID = xstanza.Attr(t, "id")
+				case t.Name.Space == xstanza.NSSID && t.Name.Local == "stanza-id" && v.stanzaID == "":
+					if by, err := jid.Parse(xstanza.Attr(t, "by")); err == nil && by.Equal(room) {
+						v.stanzaID, v.stanzaIDBy = xstanza.Attr(t, "id"), by
+					}
+				case t.Name.Space == NSOccupantID && t.Name.Local == "occupant-id" && v.occupantID == "":
+					v.occupantID = xstanza.Attr(t, "id")
+				}
+			}
+			depth++
+		case xml.EndElement:
+			depth--
+		}
+	}
+	return v
 }
 
 // stanzaError returns the error of an error stanza. An error without a
@@ -308,18 +671,21 @@ func (r *Room) forgetLocked(p *pending) {
 type SendOption func(*sendConfig)
 
 type sendConfig struct {
-	timeout    time.Duration
-	hasTimeout bool
+	timeout time.Duration
 }
 
-// Timeout overrides the client's default timeout for one message.
+// Timeout overrides the client's default timeout for one message. Zero or
+// less means no timeout.
 func Timeout(d time.Duration) SendOption {
-	return func(c *sendConfig) { c.timeout, c.hasTimeout = d, true }
+	return func(c *sendConfig) { c.timeout = d }
 }
 
 // SendTrackedMessage sends body to the room and returns the tracker of the
 // message (see the package documentation). The error is that of the stream's
-// Send: on error no tracker is returned and nothing was sent.
+// Send: on error no tracker is returned and nothing was sent. While the
+// stream's queue is full SendTrackedMessage waits for room, for ctx, or for
+// the end of the tracker (its timeout, Close, Abort): a tracker that ends
+// first is returned with a nil error, and its message is never sent.
 func (r *Room) SendTrackedMessage(ctx context.Context, body string, opts ...SendOption) (*tracking.MessageTracker, error) {
 	if !xstanza.ValidText(body) {
 		return nil, fmt.Errorf("muc: send to %s: %w", r.key, ErrInvalidText)
@@ -336,26 +702,35 @@ func (r *Room) SendTrackedMessage(ctx context.Context, body string, opts ...Send
 // SendTrackedMessage. The message's to, type, id and origin-id are set by
 // the room.
 func (r *Room) SendTrackedPayload(ctx context.Context, payload xml.TokenReader, opts ...SendOption) (*tracking.MessageTracker, error) {
+	b, err := encodePayload(payload)
+	if err != nil {
+		return nil, fmt.Errorf("muc: payload: %w", err)
+	}
+	return r.send(ctx, b, opts)
+}
+
+// encodePayload serialises the tokens of payload.
+func encodePayload(payload xml.TokenReader) ([]byte, error) {
 	var buf bytesWriter
 	e := xml.NewEncoder(&buf)
 	for payload != nil {
 		tok, err := payload.Token()
 		if tok != nil {
 			if err := e.EncodeToken(tok); err != nil {
-				return nil, fmt.Errorf("muc: payload: %w", err)
+				return nil, err
 			}
 		}
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				break
 			}
-			return nil, fmt.Errorf("muc: payload: %w", err)
+			return nil, err
 		}
 	}
 	if err := e.Flush(); err != nil {
-		return nil, fmt.Errorf("muc: payload: %w", err)
+		return nil, err
 	}
-	return r.send(ctx, []byte(buf), opts)
+	return buf, nil
 }
 
 func (r *Room) send(ctx context.Context, content []byte, opts []SendOption) (*tracking.MessageTracker, error) {
@@ -376,136 +751,252 @@ func (r *Room) send(ctx context.Context, content []byte, opts []SendOption) (*tr
 	b = append(b, "'/></message>"...)
 
 	t := tracking.NewMessageTracker(tracking.WithID(id))
-	p := &pending{t: t, id: id, originID: originID}
+	p := &pending{r: r, t: t, id: id, originID: originID, b: b}
+	// The tracker follows the message's token through p: bound before the
+	// message can be written, so that no token change is missed.
+	_ = t.Bind(p)
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	r.mu.Lock()
-	if r.left {
+	switch r.state {
+	case joined, rejoining:
+	default:
 		r.mu.Unlock()
+		_ = t.Close()
 		return nil, fmt.Errorf("muc: send to %s: %w", r.key, ErrLeft)
 	}
+	r.seq++
+	p.seq = r.seq
 	r.byOrigin[originID] = p
 	r.byID[id] = p
+	hold := r.state == rejoining
+	if hold {
+		r.held = append(r.held, p)
+	} else {
+		p.sending = true
+	}
 	r.mu.Unlock()
-	// Forget the message as soon as nothing the room sends can change it.
+	if cfg.timeout > 0 {
+		t.SetTimeout(cfg.timeout)
+	} else {
+		r.c.limit(p)
+	}
+	// Forget the message as soon as nothing the room sends can change it,
+	// and stop waiting for the stream when tracking ends first. The
+	// observer is told of the changes made before it registered too.
 	t.OnChange(func(c tracking.Change) {
 		if c.To >= tracking.DeliveredToRecipient {
 			r.mu.Lock()
 			r.forgetLocked(p)
-			left := r.left
 			r.mu.Unlock()
-			if left {
-				r.maybeForget()
-			}
+			r.c.unlimit(p)
+			r.maybeForget()
+		}
+		if c.Ended {
+			cancel()
 		}
 	})
-	if cfg.timeout > 0 {
-		t.SetTimeout(cfg.timeout)
+	if hold {
+		return t, nil
 	}
-	tok, err := r.c.s.SendBytes(ctx, id, b)
+	tok, err := r.c.s.SendBytes(sctx, id, b)
 	if err != nil {
-		r.mu.Lock()
-		r.forgetLocked(p)
-		r.mu.Unlock()
-		t.Close()
+		if t.Ended() {
+			// The tracker ended while the queue was full: it says why,
+			// and the message is never sent.
+			return t, nil
+		}
+		_ = t.Close()
 		return nil, fmt.Errorf("muc: send to %s: %w", r.key, err)
 	}
-	r.mu.Lock()
-	p.tok = tok
-	r.mu.Unlock()
-	t.Bind(tok)
+	p.follow(tok)
 	return t, nil
 }
 
 // Leave sends an unavailable presence to the room and ends every pending
-// tracker CLOSED.
+// tracker CLOSED (a delivered one keeps its state). A rejoin in progress
+// stops without an event, and no join presence follows the unavailable one.
+// After the room removed us, Leave ends the trackers still waiting for the
+// room's answer and sends nothing.
 func (r *Room) Leave(ctx context.Context) error {
 	r.mu.Lock()
-	if r.left {
-		r.mu.Unlock()
+	st := r.state
+	self := r.self.String()
+	r.mu.Unlock()
+	if st == left {
 		return nil
 	}
-	self := r.self
-	r.mu.Unlock()
-	r.c.forget(r)
-	r.end(ErrLeft)
+	r.end(ErrLeft, nil)
+	if st == removed {
+		return nil
+	}
 	id := xstanza.NewID()
 	b := append([]byte("<presence type='unavailable' to='"), xstanza.AppendEscaped(nil, self)...)
 	b = append(b, "' id='"...)
 	b = append(b, id...)
 	b = append(b, "'/>"...)
-	_, err := r.c.s.SendBytes(ctx, id, b)
-	return err
+	r.presence.Lock()
+	defer r.presence.Unlock()
+	if _, err := r.c.s.SendBytes(ctx, id, b); err != nil {
+		return fmt.Errorf("muc: leave %s: %w", r.key, err)
+	}
+	return nil
 }
 
-// end marks the room left and closes every pending tracker.
-func (r *Room) end(err error) {
+// end leaves the room for good: it is taken out of its client, a join
+// waiting for an answer learns err, and every pending tracker ends. Held
+// messages end ERROR with the room's refusal when refusal is not nil,
+// CLOSED otherwise, like the messages in flight.
+func (r *Room) end(err error, refusal *JoinError) {
 	r.mu.Lock()
-	r.left = true
+	r.setLocked(left)
 	ps := make([]*pending, 0, len(r.byID))
 	for _, p := range r.byID {
 		ps = append(ps, p)
 	}
+	held := r.held
+	r.held = nil
 	clear(r.byID)
 	clear(r.byOrigin)
 	if r.joined != nil {
-		r.finishJoin(err)
+		r.finishJoinLocked(err)
+	}
+	if r.nickDone != nil {
+		r.nickDone <- err
+		r.nickID, r.nickDone = "", nil
 	}
 	r.mu.Unlock()
-	for _, p := range ps {
-		p.t.Close()
-	}
-}
-
-// dropWritten ends CLOSED every pending message that was written before the
-// stream started a new session: the room's answer to it, if any, went to
-// the session that is gone. Messages still queued are written on the new
-// session and stay pending. Called from the stream's event; session is the
-// new session's number.
-func (r *Room) dropWritten(session uint64) {
-	var ps []*pending
-	r.mu.Lock()
-	for _, p := range r.byID {
-		// Only what the lost session wrote: the stream may already have
-		// written more in the new one by the time this runs.
-		if p.tok == nil {
-			continue
-		}
-		if w := p.tok.Session(); w != 0 && w < session {
-			ps = append(ps, p)
+	r.cancel()
+	r.c.forget(r)
+	if refusal != nil {
+		for _, p := range held {
+			_ = p.t.Transition(tracking.Error, &tracking.Response{
+				Message: stanza.Message{From: r.addr, Type: stanza.ErrorMessage, ID: p.id},
+				Error:   refusal.Err,
+			})
 		}
 	}
 	for _, p := range ps {
-		r.forgetLocked(p)
-	}
-	r.mu.Unlock()
-	for _, p := range ps {
-		p.t.Close()
+		r.c.unlimit(p)
+		// Final or ended already: refused, which is fine.
+		_ = p.t.Close()
 	}
 }
 
-// rejoin joins the room again after the stream started a new session. When
-// a later rejoin starts before this one is answered, only the later one
-// reports.
-func (r *Room) rejoin() {
-	ctx, cancel := context.WithTimeout(context.Background(), r.c.rejoinTimeout)
-	defer cancel()
+// newSession prepares the room for a rejoin after the stream started a new
+// session, and returns the number of the rejoin to start. It runs before
+// the new session writes anything: messages written before end CLOSED (the
+// room's answer went to the session that is gone); messages still queued
+// are taken back and held, with those sent from now on, until the room
+// confirms the rejoin. It reports false for a room that is not joined.
+func (r *Room) newSession() (uint64, bool) {
+	var closed, requeue []*pending
+	var toks []*stream.StanzaToken
 	r.mu.Lock()
+	if !r.setLocked(rejoining) {
+		r.mu.Unlock()
+		return 0, false
+	}
 	r.rejoins++
 	n := r.rejoins
+	for _, p := range r.byID {
+		switch {
+		case p.tok == nil:
+			// Held already, or on its way to the stream.
+		case p.tok.State() == stream.TokenQueued:
+			requeue = append(requeue, p)
+			toks = append(toks, p.tok)
+			p.tok = nil // its token's changes no longer reach the tracker
+		default:
+			closed = append(closed, p)
+		}
+	}
+	for _, p := range closed {
+		r.forgetLocked(p)
+	}
+	r.held = append(r.held, requeue...)
+	slices.SortFunc(r.held, func(a, b *pending) int { return int(a.seq - b.seq) })
 	r.mu.Unlock()
-	err := r.sendJoin(ctx)
+	for i, tok := range toks {
+		if tok.Abort() != nil {
+			// Written after all (cannot happen before the new session
+			// starts writing): follow it again.
+			r.mu.Lock()
+			if j := slices.Index(r.held, requeue[i]); j >= 0 {
+				r.held = slices.Delete(r.held, j, j+1)
+			}
+			r.mu.Unlock()
+			requeue[i].follow(tok)
+		}
+	}
+	for _, p := range closed {
+		r.c.unlimit(p)
+		_ = p.t.Close()
+	}
+	return n, true
+}
+
+// rejoin joins the room again after the stream started a new session, then
+// sends the messages held meanwhile, in order. When a later rejoin starts
+// before this one is done, only the later one reports and sends. Leave and
+// Client.Close stop it without an event.
+func (r *Room) rejoin(n uint64) {
+	ctx, cancel := context.WithTimeout(r.ctx, r.c.rejoinTimeout)
+	err := r.sendJoin(ctx, n)
+	cancel()
 	r.mu.Lock()
-	superseded := n != r.rejoins
+	current := n == r.rejoins && r.state == rejoining
 	r.mu.Unlock()
-	if superseded {
+	if !current {
 		return
 	}
 	if err != nil {
-		r.c.forget(r)
-		r.end(err)
-		r.c.emit(Event{Kind: EventRejoinFailed, Room: r, Err: err})
+		var refusal *JoinError
+		errors.As(err, &refusal)
+		r.mu.Lock()
+		// Only if nothing left the room meanwhile: a deliberate leave
+		// wins, without an event.
+		failed := n == r.rejoins && r.setLocked(left)
+		if failed {
+			r.emitLocked(Event{Kind: EventRejoinFailed, Room: r, Err: err})
+		}
+		r.mu.Unlock()
+		if failed {
+			r.end(err, refusal)
+		}
 		return
 	}
-	r.c.emit(Event{Kind: EventRejoined, Room: r})
+	r.flush(n)
+}
+
+// flush sends the messages held during rejoin n, in order, and then lets
+// messages go to the stream directly again.
+func (r *Room) flush(n uint64) {
+	for {
+		r.mu.Lock()
+		if n != r.rejoins || r.state != rejoining {
+			r.mu.Unlock()
+			return
+		}
+		if len(r.held) == 0 {
+			r.setLocked(joined)
+			r.mu.Unlock()
+			return
+		}
+		p := r.held[0]
+		r.held = r.held[1:]
+		p.sending = true
+		r.mu.Unlock()
+		tok, err := r.c.s.SendBytes(r.ctx, p.id, p.b)
+		if err != nil {
+			r.mu.Lock()
+			p.sending = false
+			r.mu.Unlock()
+			_ = p.t.Close()
+			continue
+		}
+		p.follow(tok)
+	}
 }
 
 type bytesWriter []byte

@@ -23,6 +23,7 @@ type job struct {
 	tok *StanzaToken // deliver the token's queued changes to its observers
 	el  *Element     // run the handlers on an inbound stanza
 	ev  *Event       // tell the event listeners
+	ran chan struct{} // if not nil, closed once the job has run
 }
 
 // push queues j and starts the goroutine if none runs. run executes a job.
@@ -54,6 +55,9 @@ func (q *callbacks) drain(run func(*job)) {
 		q.mu.Unlock()
 		for i := range batch {
 			run(&batch[i])
+			if batch[i].ran != nil {
+				close(batch[i].ran)
+			}
 			batch[i] = job{}
 		}
 	}

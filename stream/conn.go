@@ -573,6 +573,28 @@ func (s *Stream) emit(ev Event) {
 	s.cb.push(job{ev: &ev}, s.runJob)
 }
 
+// newSessionWait bounds how long a new session waits for the listeners of
+// EventNewSession before it writes what is queued.
+const newSessionWait = time.Second
+
+// emitNewSession tells the listeners of a new session and waits until they
+// have run, or newSessionWait, or Close: a listener can then take back what
+// is still queued before the new session writes it (a room client holds
+// its messages until it has joined the room again). The bound keeps a
+// callback that waits for the stream from holding it up.
+func (s *Stream) emitNewSession(ev Event) {
+	ran := make(chan struct{})
+	s.cb.push(job{ev: &ev, ran: ran}, s.runJob)
+	t := time.NewTimer(newSessionWait)
+	defer t.Stop()
+	select {
+	case <-ran:
+	case <-t.C:
+		s.log.Warn("new session: listeners still running, writing anyway")
+	case <-s.closeCh:
+	}
+}
+
 // tell runs the event listeners; on the callback goroutine.
 func (s *Stream) tell(ev Event) {
 	if s.cfg.OnEvent != nil {

@@ -594,7 +594,11 @@ func (s *Stream) reconnect(lost time.Time, resume bool, notResumed, cause error)
 		s.recordLocked(at)
 		s.mu.Unlock()
 		settle()
-		s.emit(ev)
+		if ev.Kind == EventNewSession {
+			s.emitNewSession(ev)
+		} else {
+			s.emit(ev)
+		}
 		return c, nil
 	}
 }

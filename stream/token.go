@@ -11,8 +11,10 @@ import (
 
 // TokenState is where an outgoing stanza is on its way to the server.
 //
-// A token starts in TokenQueued and ends in exactly one final state. The only
-// transitions are those in tokenNext.
+// A token starts in TokenQueued and ends in exactly one final state, along
+// the arrows of the package documentation's drawing: QUEUED to SENT,
+// ABORTED, DROPPED or FAILED; SENT to ACKED, DISCONNECTED or
+// SENT_WITHOUT_SM. No other change ever happens.
 type TokenState uint8
 
 // The states of a StanzaToken.

@@ -40,7 +40,7 @@
 //	                           SEEN_BY_RECIPIENT, ERROR, ABORTED, TIMED_OUT, CLOSED
 //	DELIVERED_TO_SERVER     -> DELIVERED_TO_RECIPIENT, SEEN_BY_RECIPIENT,
 //	                           ERROR, TIMED_OUT, CLOSED
-//	DELIVERED_TO_RECIPIENT  -> SEEN_BY_RECIPIENT, CLOSED
+//	DELIVERED_TO_RECIPIENT  -> SEEN_BY_RECIPIENT
 //	final states            -> nothing
 //
 // So non-final states only move forward (skipping is allowed), nothing goes
@@ -50,6 +50,24 @@
 // nothing, notifies no one and returns a *TransitionError; errors.Is reports
 // ErrInvalidTransition for every rejection and, in addition, ErrFinal when
 // the tracker was already final.
+//
+// # Where tracking ends
+//
+// Tracking ends at a final state, or when Close is called on a tracker at
+// DELIVERED_TO_RECIPIENT: that tracker keeps its state (the recipient has the
+// message, which Close must not hide) and only gives up waiting for
+// SEEN_BY_RECIPIENT. The room and chat clients close a delivered tracker
+// themselves once nothing can move it any more (a room's reflection is the
+// last word about a groupchat message). Ended reports whether tracking has
+// ended; Done is closed then, and Wait returns then whatever its target.
+// After that, nothing changes the tracker.
+//
+// # Aborting
+//
+// A tracker whose tracking ends before its stanza was written (its timeout
+// ran out while the stream's queue was full, it was closed, or Abort was
+// called) aborts the stanza: the stream never sends it. Abort does so on
+// request, and fails once the stanza has been written.
 //
 // # Binding to a stream token
 //
@@ -67,6 +85,8 @@
 //
 // SetTimeout and SetDeadline arm a timer: if the tracker has not reached
 // DELIVERED_TO_RECIPIENT (or a final state) by then, it becomes TIMED_OUT.
+// A timeout of zero or less means no timeout (here as in the room and chat
+// clients); a deadline in the past times out at once.
 // Reaching DELIVERED_TO_RECIPIENT or a final state stops and releases the
 // timer. Timers are time.AfterFunc timers: a tracker never owns a goroutine.
 //

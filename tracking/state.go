@@ -33,9 +33,11 @@ const (
 	// TimedOut: the tracker's timeout ran out before the message was
 	// delivered to the recipient. Final.
 	TimedOut
-	// Closed: tracking was given up and cannot say whether the message
-	// arrived, because the user closed the tracker or because the connection
-	// was lost with the stanza unacknowledged and could not be resumed.
+	// Closed: tracking was given up before the message was known to be
+	// delivered to the recipient, so nobody can say whether it arrived:
+	// the user closed the tracker, or the connection was lost with the
+	// stanza unacknowledged and could not be resumed. (Closing a tracker at
+	// DeliveredToRecipient keeps that state; see MessageTracker.Close.)
 	// Final.
 	Closed
 	// Error: an error reply came back for the message (see
@@ -72,13 +74,14 @@ func (s MessageState) IsFinal() bool { return s >= SeenByRecipient }
 var next = [numStates][]MessageState{
 	InTransit:            {DeliveredToServer, DeliveredToRecipient, SeenByRecipient, Error, Aborted, TimedOut, Closed},
 	DeliveredToServer:    {DeliveredToRecipient, SeenByRecipient, Error, TimedOut, Closed},
-	DeliveredToRecipient: {SeenByRecipient, Closed},
+	DeliveredToRecipient: {SeenByRecipient},
 }
 
-// checkTransition returns nil if the table allows from -> to, and the
-// *TransitionError that explains the rejection otherwise.
-func checkTransition(from, to MessageState) error {
-	if from.IsFinal() {
+// checkTransition returns nil if the table allows from -> to on a tracker
+// whose tracking has not ended, and the *TransitionError that explains the
+// rejection otherwise.
+func checkTransition(from, to MessageState, ended bool) error {
+	if from.IsFinal() || ended {
 		return &TransitionError{From: from, To: to, Err: ErrFinal}
 	}
 	if int(from) < len(next) {
@@ -95,8 +98,9 @@ var (
 	// ErrInvalidTransition is wrapped by every rejected transition: the
 	// table does not allow the requested state from the current one.
 	ErrInvalidTransition = errors.New("tracking: transition not allowed")
-	// ErrFinal is wrapped by a transition rejected because the tracker is
-	// already in a final state. It wraps ErrInvalidTransition.
+	// ErrFinal is wrapped by a transition rejected because tracking has
+	// ended: the tracker is in a final state, or was closed at
+	// DeliveredToRecipient. It wraps ErrInvalidTransition.
 	ErrFinal = fmt.Errorf("%w: tracker is final", ErrInvalidTransition)
 	// ErrBound is returned by Bind when the tracker is already bound to a
 	// token.
@@ -112,6 +116,9 @@ type TransitionError struct {
 // Error says which transition was rejected and why.
 func (e *TransitionError) Error() string {
 	if e.Err == ErrFinal {
+		if !e.From.IsFinal() {
+			return fmt.Sprintf("tracking: %v -> %v: tracking has ended", e.From, e.To)
+		}
 		return fmt.Sprintf("tracking: %v -> %v: tracker is final", e.From, e.To)
 	}
 	return fmt.Sprintf("tracking: %v -> %v: transition not allowed", e.From, e.To)

@@ -4,10 +4,15 @@ import "time"
 
 // SetTimeout arms the tracker's timer: if the tracker has not reached
 // DeliveredToRecipient or a final state when d has passed, it becomes
-// TimedOut. A d of zero or less times it out at once. Calling SetTimeout or
-// SetDeadline again replaces the deadline; on a tracker already at
-// DeliveredToRecipient or beyond they do nothing.
+// TimedOut. A d of zero or less means no timeout, as everywhere in this
+// module: it removes the timer. Calling SetTimeout or SetDeadline again
+// replaces the deadline; on a tracker already at DeliveredToRecipient or
+// beyond they do nothing.
 func (t *MessageTracker) SetTimeout(d time.Duration) {
+	if d <= 0 {
+		t.SetDeadline(time.Time{})
+		return
+	}
 	t.arm(d)
 }
 
@@ -31,11 +36,9 @@ func (t *MessageTracker) arm(d time.Duration) {
 	}
 	t.stopTimer()
 	if d <= 0 {
-		obs, _ := t.move(TimedOut, nil)
+		a, _ := t.move(TimedOut, nil)
 		t.mu.Unlock()
-		if obs != nil {
-			obs.Deliver(&t.mu)
-		}
+		a.run(&t.mu)
 		return
 	}
 	id := t.timerID
@@ -61,9 +64,7 @@ func (t *MessageTracker) expire(id uint32) {
 		t.mu.Unlock()
 		return
 	}
-	obs, _ := t.move(TimedOut, nil)
+	a, _ := t.move(TimedOut, nil)
 	t.mu.Unlock()
-	if obs != nil {
-		obs.Deliver(&t.mu)
-	}
+	a.run(&t.mu)
 }

@@ -9,18 +9,22 @@ import (
 
 // Token is what a tracker needs of the stream's token for an outgoing stanza;
 // *stream.StanzaToken implements it. Observe must call f at once with the
-// token's current state and then with each change, in order.
+// token's current state and then with each change, in order. Abort keeps a
+// queued stanza from being written, and fails once it has been.
 type Token interface {
 	Observe(f func(stream.TokenChange))
+	Abort() error
 }
 
 // Bind makes the tracker follow tok, the stream's token for the message's
 // stanza (see the package documentation for what each token state means to
 // the tracker). A tracker can be bound once: a second Bind returns ErrBound.
-// Binding a final tracker does nothing.
+// Binding a tracker whose tracking has already ended (timed out, closed,
+// aborted while its message waited for room in the stream's queue) aborts
+// tok: a message whose tracking ended before it left is never sent.
 //
-// The tracker keeps no reference to tok; tok keeps the tracker reachable
-// until tok is final.
+// The tracker keeps a reference to tok only while tok is not final, so that
+// Abort can reach it; tok keeps the tracker reachable until tok is final.
 func (t *MessageTracker) Bind(tok Token) error {
 	if tok == nil {
 		return errors.New("tracking: bind to a nil token")
@@ -31,11 +35,17 @@ func (t *MessageTracker) Bind(tok Token) error {
 		return fmt.Errorf("tracking: bind: %w", ErrBound)
 	}
 	t.bound = true
-	final := t.state.IsFinal()
-	t.mu.Unlock()
-	if !final {
-		tok.Observe(t.onToken)
+	over := t.state.IsFinal() || t.ended
+	if !over {
+		t.tok = tok
 	}
+	t.mu.Unlock()
+	if over {
+		// Written already: nothing to abort, which is fine.
+		_ = tok.Abort()
+		return nil
+	}
+	tok.Observe(t.onToken)
 	return nil
 }
 
@@ -68,17 +78,15 @@ func fromToken(s stream.TokenState) (MessageState, bool) {
 // too: no error surfaces from a token event.
 func (t *MessageTracker) onToken(c stream.TokenChange) {
 	to, ok := fromToken(c.State)
-	if !ok {
-		return
-	}
 	t.mu.Lock()
-	if t.state >= DeliveredToRecipient {
+	if c.State.IsFinal() {
+		t.tok = nil // nothing left to abort
+	}
+	if !ok || t.state >= DeliveredToRecipient || t.ended {
 		t.mu.Unlock()
 		return
 	}
-	obs, _ := t.move(to, nil)
+	a, _ := t.move(to, nil)
 	t.mu.Unlock()
-	if obs != nil {
-		obs.Deliver(&t.mu)
-	}
+	a.run(&t.mu)
 }

@@ -2,13 +2,16 @@ package tracking
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
 
+	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 
 	"github.com/xmpptrack/xmpptrack/internal/notify"
+	"github.com/xmpptrack/xmpptrack/stream"
 )
 
 // Change is one state change of a MessageTracker.
@@ -19,6 +22,11 @@ type Change struct {
 	// Response is the stanza that caused the change, or nil (an
 	// acknowledgement, a timeout, Close).
 	Response *Response
+	// Ended is set on the last change an observer is told of: the move to
+	// a final state, or the end of tracking at DeliveredToRecipient (see
+	// Close), which is no change of state: From and To are both
+	// DeliveredToRecipient, and Changes does not list it.
+	Ended bool
 }
 
 // Response describes the incoming stanza that caused a change: a reflection,
@@ -33,7 +41,7 @@ type Response struct {
 	// assigned it, that a room or server gave the message, if any. Chat
 	// markers in rooms refer to the message by this id.
 	StanzaID   string
-	StanzaIDBy string
+	StanzaIDBy jid.JID
 }
 
 // A MessageTracker follows one outgoing message. The zero value is a tracker
@@ -48,7 +56,15 @@ type MessageTracker struct {
 	state   MessageState
 	settled MessageState // the latest state every observer has seen; Wait and Done follow it
 	bound   bool         // Bind was called
-	timerID uint32       // identifies the armed timer; a timer that fires with an older id is stale
+	ended   bool         // tracking ended at DeliveredToRecipient: the state never changes again
+	endedAt time.Time
+	// settledEnded is set once every observer has been told that tracking
+	// ended; Wait and Done follow it.
+	settledEnded bool
+	// tok is the bound token while the tracker may still abort it: until
+	// the token or the tracker is final.
+	tok     Token
+	timerID uint32 // identifies the armed timer; a timer that fires with an older id is stale
 	timer   *time.Timer
 	// history holds every change, in order. Entries are never modified once
 	// appended, so observers are handed sub-slices of it without copying.
@@ -66,18 +82,25 @@ func WithTimeout(d time.Duration) Option {
 	return func(t *MessageTracker) { t.SetTimeout(d) }
 }
 
-// settleLocked wakes the waiters (Wait, Done) for a change that every
-// observer has seen. Called with t.mu held.
-func (t *MessageTracker) settleLocked(to MessageState) {
-	t.settled = to
+// settleLocked wakes the waiters (Wait, Done) for the changes cs, once every
+// observer has seen them. Called with t.mu held.
+func (t *MessageTracker) settleLocked(cs []Change) {
+	last := cs[len(cs)-1]
+	t.settled = last.To
+	t.settledEnded = last.Ended
 	if t.changed != nil {
 		close(t.changed)
 		t.changed = nil
 	}
-	if to.IsFinal() && t.done != nil {
+	if t.done != nil && t.settledOver() {
+		// Nothing settles after the end of tracking: closed once.
 		close(t.done)
 	}
 }
+
+// settledOver reports whether every observer knows that tracking has ended.
+// Called with t.mu held.
+func (t *MessageTracker) settledOver() bool { return t.settledEnded }
 
 // WithID records the stanza id of the tracked message (see ID).
 func WithID(id string) Option {
@@ -122,18 +145,29 @@ func (t *MessageTracker) Response() *Response {
 	return nil
 }
 
-// Err returns the parsed error of the reply that moved the tracker to Error,
-// or nil when the tracker is not in Error or the change carried no error.
-func (t *MessageTracker) Err() *stanza.Error {
+// Err returns the error of the reply that moved the tracker to Error, or nil
+// when the tracker is not in Error or the change carried no error. The
+// reply's *stanza.Error is reachable with errors.As, and errors.Is matches it
+// against a condition such as stanza.Error{Condition: stanza.NotAcceptable}.
+func (t *MessageTracker) Err() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.state != Error {
 		return nil
 	}
-	if r := t.history[len(t.history)-1].Response; r != nil {
+	if r := t.history[len(t.history)-1].Response; r != nil && r.Error != nil {
 		return r.Error
 	}
 	return nil
+}
+
+// Ended reports whether tracking has ended: the tracker is in a final state,
+// or Close ended it at DeliveredToRecipient (see Close). Its state never
+// changes again.
+func (t *MessageTracker) Ended() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.state.IsFinal() || t.ended
 }
 
 // Transition moves the tracker to state to, recording r (which may be nil) as
@@ -142,56 +176,136 @@ func (t *MessageTracker) Err() *stanza.Error {
 //
 // A transition the table does not allow (see the package documentation)
 // changes nothing, notifies no one and returns a *TransitionError wrapping
-// ErrInvalidTransition, and ErrFinal too if the tracker is final.
+// ErrInvalidTransition, and ErrFinal too if tracking has ended.
 func (t *MessageTracker) Transition(to MessageState, r *Response) error {
 	t.mu.Lock()
-	obs, err := t.move(to, r)
+	a, err := t.move(to, r)
 	t.mu.Unlock()
-	if obs != nil {
-		obs.Deliver(&t.mu)
+	a.run(&t.mu)
+	return err
+}
+
+// Close ends tracking. A tracker that is not yet DeliveredToRecipient becomes
+// Closed: nobody can say any more whether the message arrived; if its stanza
+// is still queued in the stream, it is aborted and never sent. A tracker at
+// DeliveredToRecipient keeps its state, which is the truth: the recipient has
+// the message; only a later SeenByRecipient is given up. Either way Done is
+// closed, Wait returns, the timer is released and the observers are
+// forgotten. On a tracker whose tracking has already ended, Close changes
+// nothing and returns an error wrapping ErrFinal.
+func (t *MessageTracker) Close() error {
+	t.mu.Lock()
+	if t.state != DeliveredToRecipient || t.ended {
+		a, err := t.move(Closed, nil)
+		t.mu.Unlock()
+		a.run(&t.mu)
+		return err
+	}
+	t.ended, t.endedAt = true, time.Now()
+	end := []Change{t.endChange()}
+	var a after
+	if t.obs == nil {
+		t.settleLocked(end)
+	} else {
+		if t.obs.Emit(end) {
+			a.obs = t.obs
+		}
+		t.obs.Drop()
+	}
+	t.mu.Unlock()
+	a.run(&t.mu)
+	return nil
+}
+
+// Abort keeps the message from being sent: if its stanza is still queued in
+// the stream, the stanza is aborted and the tracker becomes Aborted. A
+// tracker not bound to a token yet becomes Aborted too, and the token it is
+// bound to later is aborted at once. Abort fails, and changes nothing, when
+// the stanza has already been written (the error wraps the token's, such as
+// stream.ErrNotQueued) or tracking has ended (ErrFinal).
+func (t *MessageTracker) Abort() error {
+	t.mu.Lock()
+	tok, bound := t.tok, t.bound
+	if t.state.IsFinal() || t.ended {
+		bound, tok = false, nil
+	}
+	t.mu.Unlock()
+	if tok != nil {
+		if err := tok.Abort(); err != nil {
+			return fmt.Errorf("tracking: abort: %w", err)
+		}
+	} else if bound {
+		// Bound, and the token is final: the stanza has left.
+		return fmt.Errorf("tracking: abort: %w", stream.ErrNotQueued)
+	}
+	// The token's own change may be on its way to the tracker; the first
+	// of the two wins, and both say Aborted.
+	err := t.Transition(Aborted, nil)
+	if err != nil && tok != nil && t.State() == Aborted {
+		return nil
 	}
 	return err
 }
 
-// Close gives up tracking: a non-final tracker becomes Closed and its timer is
-// released. On a final tracker Close changes nothing and returns an error
-// wrapping ErrFinal.
-func (t *MessageTracker) Close() error {
-	return t.Transition(Closed, nil)
+// endChange is what observers are told when Close ends tracking at
+// DeliveredToRecipient. Called with t.mu held.
+func (t *MessageTracker) endChange() Change {
+	return Change{From: DeliveredToRecipient, To: DeliveredToRecipient, At: t.endedAt, Ended: true}
 }
 
-// move applies a transition with t.mu held. When observers must be told, it
-// returns their queue, to be delivered after unlocking.
-func (t *MessageTracker) move(to MessageState, r *Response) (*notify.Serial[[]Change], error) {
-	if err := checkTransition(t.state, to); err != nil {
-		return nil, err
+// after is what a change leaves to do once t.mu is released: tell the
+// observers, abort the stanza of a message whose tracking ended before it
+// was written.
+type after struct {
+	obs   *notify.Serial[[]Change]
+	abort Token
+}
+
+func (a after) run(mu sync.Locker) {
+	if a.obs != nil {
+		a.obs.Deliver(mu)
 	}
-	t.history = append(t.history, Change{From: t.state, To: to, At: time.Now(), Response: r})
+	if a.abort != nil {
+		// Written already: nothing to abort, which is fine.
+		_ = a.abort.Abort()
+	}
+}
+
+// move applies a transition with t.mu held, and returns what is left to do
+// after unlocking.
+func (t *MessageTracker) move(to MessageState, r *Response) (after, error) {
+	var a after
+	if err := checkTransition(t.state, to, t.ended); err != nil {
+		return a, err
+	}
+	t.history = append(t.history, Change{From: t.state, To: to, At: time.Now(), Response: r, Ended: to.IsFinal()})
 	t.state = to
 	if to >= DeliveredToRecipient {
 		t.stopTimer()
 	}
+	if to.IsFinal() && t.tok != nil {
+		a.abort, t.tok = t.tok, nil
+	}
 	if t.obs == nil {
-		t.settleLocked(to)
-		return nil, nil
+		t.settleLocked(t.history[len(t.history)-1:])
+		return a, nil
 	}
 	n := len(t.history)
-	run := t.obs.Emit(t.history[n-1 : n : n])
+	if t.obs.Emit(t.history[n-1 : n : n]) {
+		a.obs = t.obs
+	}
 	if to.IsFinal() {
 		t.obs.Drop()
 	}
-	if run {
-		return t.obs, nil
-	}
-	return nil, nil
+	return a, nil
 }
 
 // OnChange registers f to learn the tracker's changes. f is first called with
 // every change already made, then with each later one: once per change, in
 // order, never concurrently with itself and never with the tracker's lock
 // held. f may call the tracker's methods; a change it causes is delivered
-// after the current one. A final tracker forgets its observers once they have
-// been told.
+// after the current one. A tracker whose tracking has ended forgets its
+// observers once they have been told.
 func (t *MessageTracker) OnChange(f func(Change)) {
 	if f == nil {
 		return
@@ -203,11 +317,15 @@ func (t *MessageTracker) OnChange(f func(Change)) {
 	}
 	t.mu.Lock()
 	if t.obs == nil {
-		t.obs = &notify.Serial[[]Change]{Settled: func(cs []Change) { t.settleLocked(cs[len(cs)-1].To) }}
+		t.obs = &notify.Serial[[]Change]{Settled: t.settleLocked}
 	}
 	n := len(t.history)
-	run := t.obs.Subscribe(each, t.history[:n:n])
-	if t.state.IsFinal() {
+	replay := t.history[:n:n]
+	if t.ended {
+		replay = append(replay, t.endChange())
+	}
+	run := t.obs.Subscribe(each, replay)
+	if t.state.IsFinal() || t.ended {
 		t.obs.Drop()
 	}
 	obs := t.obs
@@ -217,31 +335,32 @@ func (t *MessageTracker) OnChange(f func(Change)) {
 	}
 }
 
-// Done returns a channel that is closed when the tracker reaches a final
-// state, once every observer (OnChange) has been told of it.
+// Done returns a channel that is closed when tracking ends (see Ended), once
+// every observer (OnChange) has been told of the last change.
 func (t *MessageTracker) Done() <-chan struct{} {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.done == nil {
 		t.done = make(chan struct{})
-		if t.settled.IsFinal() {
+		if t.settledOver() {
 			close(t.done)
 		}
 	}
 	return t.done
 }
 
-// Wait blocks until the tracker is final or, for a non-final target, has
-// reached target or gone beyond it (DeliveredToServer is reached by a tracker
-// that went straight to DeliveredToRecipient). It returns the state then.
-// When ctx ends first, it returns the current state and ctx's error.
+// Wait blocks until tracking has ended (see Ended) or, for a non-final
+// target, the tracker has reached target or gone beyond it
+// (DeliveredToServer is reached by a tracker that went straight to
+// DeliveredToRecipient). It returns the state then. When ctx ends first, it
+// returns the current state and ctx's error.
 // Wait returns only once every observer (OnChange) has been told of the
 // change it returns for, so that what observers do is visible to the caller.
 func (t *MessageTracker) Wait(ctx context.Context, target MessageState) (MessageState, error) {
 	for {
 		t.mu.Lock()
 		s := t.settled
-		if s.IsFinal() || s >= target {
+		if t.settledOver() || s >= target {
 			t.mu.Unlock()
 			return s, nil
 		}

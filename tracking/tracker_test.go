@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 
 	"github.com/xmpptrack/xmpptrack/stream"
@@ -39,7 +40,6 @@ var allowed = map[string]bool{
 	"DELIVERED_TO_SERVER -> CLOSED":                 true,
 	"DELIVERED_TO_SERVER -> ERROR":                  true,
 	"DELIVERED_TO_RECIPIENT -> SEEN_BY_RECIPIENT":   true,
-	"DELIVERED_TO_RECIPIENT -> CLOSED":              true,
 }
 
 var finalNames = map[string]bool{
@@ -194,6 +194,12 @@ func TestErrorMessages(t *testing.T) {
 	}
 	must(t, tr.Close())
 	err = tr.Close()
+	if want := "tracking: DELIVERED_TO_RECIPIENT -> CLOSED: tracking has ended"; err.Error() != want {
+		t.Errorf("%q, want %q", err, want)
+	}
+	tr = NewMessageTracker()
+	must(t, tr.Close())
+	err = tr.Close()
 	if want := "tracking: CLOSED -> CLOSED: tracker is final"; err.Error() != want {
 		t.Errorf("%q, want %q", err, want)
 	}
@@ -209,7 +215,7 @@ func TestResponseAndErr(t *testing.T) {
 	}
 	reflection := &Response{
 		Message:  stanza.Message{ID: "m1", Type: stanza.GroupChatMessage},
-		StanzaID: "s1", StanzaIDBy: "room@muc.example",
+		StanzaID: "s1", StanzaIDBy: jid.MustParse("room@muc.example"),
 	}
 	must(t, tr.Transition(DeliveredToServer, nil))
 	if tr.Response() != nil {
@@ -229,7 +235,7 @@ func TestResponseAndErr(t *testing.T) {
 	tr = NewMessageTracker()
 	must(t, tr.Transition(DeliveredToServer, nil))
 	must(t, tr.Transition(Error, reply))
-	if tr.Err() != serr || tr.Response() != reply {
+	if tr.Err() != error(serr) || tr.Response() != reply {
 		t.Errorf("Err() = %v, Response() = %v", tr.Err(), tr.Response())
 	}
 
@@ -357,13 +363,22 @@ func TestConcurrentDrivers(t *testing.T) {
 		}
 		history := tr.Changes()
 		checkChain(t, history)
-		if len(history) == 0 || !history[len(history)-1].To.IsFinal() {
-			t.Fatalf("history %v does not end final", history)
+		if len(history) == 0 || !tr.Ended() ||
+			!(history[len(history)-1].To.IsFinal() || history[len(history)-1].To == DeliveredToRecipient) {
+			t.Fatalf("history %v does not end final or closed at delivery", history)
 		}
 		wantState(t, tr, history[len(history)-1].To)
+		if last := history[len(history)-1]; !last.To.IsFinal() {
+			// Ended by Close at delivery: observers are told last.
+			history = append(history, Change{From: last.To, To: last.To, Ended: true})
+		}
 		mu.Lock()
 		for i, rec := range recs {
-			if got := rec.get(); !slices.Equal(got, history) {
+			got := rec.get()
+			if n := len(got); n > 0 && !got[n-1].To.IsFinal() {
+				got[n-1].At = time.Time{}
+			}
+			if !slices.Equal(got, history) {
 				t.Errorf("observer %d saw %v, history %v", i, got, history)
 			}
 		}
@@ -412,10 +427,16 @@ func TestWait(t *testing.T) {
 		}, DeliveredToRecipient, Error},
 		{"final target, other final", func(tr *MessageTracker) {
 			later(func() {
-				_ = tr.Transition(DeliveredToRecipient, nil)
+				_ = tr.Transition(DeliveredToServer, nil)
 				_ = tr.Close()
 			})
 		}, SeenByRecipient, Closed},
+		{"final target, tracking ended at delivery", func(tr *MessageTracker) {
+			later(func() {
+				_ = tr.Transition(DeliveredToRecipient, nil)
+				_ = tr.Close()
+			})
+		}, SeenByRecipient, DeliveredToRecipient},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tr := NewMessageTracker()
@@ -568,9 +589,40 @@ func TestClose(t *testing.T) {
 	time.Sleep(30 * time.Millisecond) // the released timer does not fire
 	wantTos(t, tr.Changes(), Closed)
 
-	tr, _ = trackerIn(t, DeliveredToRecipient)
+	// Closing a delivered tracker ends tracking and keeps the state: the
+	// recipient has the message.
+	tr, rec := trackerIn(t, DeliveredToRecipient)
+	if tr.Ended() {
+		t.Fatal("a delivered tracker reports that tracking has ended")
+	}
 	must(t, tr.Close())
-	wantState(t, tr, Closed)
+	wantState(t, tr, DeliveredToRecipient)
+	waitFor(t, tr.Done())
+	if !tr.Ended() {
+		t.Error("Ended() is false after Close")
+	}
+	// Observers are told of the end, which is no change of state and is
+	// not in the history.
+	wantTos(t, rec.get(), DeliveredToRecipient, DeliveredToRecipient)
+	if got := rec.get(); got[0].Ended || !got[1].Ended || got[1].From != DeliveredToRecipient {
+		t.Errorf("observer saw %+v", got)
+	}
+	wantTos(t, tr.Changes(), DeliveredToRecipient)
+	late := &recorder{}
+	tr.OnChange(late.observe)
+	if got := late.get(); len(got) != 2 || !got[1].Ended {
+		t.Errorf("a late observer saw %+v", got)
+	}
+	if err := tr.Close(); !errors.Is(err, ErrFinal) {
+		t.Errorf("second Close: %v, want ErrFinal", err)
+	}
+	if err := tr.Transition(SeenByRecipient, nil); !errors.Is(err, ErrFinal) {
+		t.Errorf("SEEN after the end of tracking: %v, want ErrFinal", err)
+	}
+	wantState(t, tr, DeliveredToRecipient)
+	if st, err := tr.Wait(context.Background(), SeenByRecipient); st != DeliveredToRecipient || err != nil {
+		t.Errorf("Wait(SEEN) after the end of tracking = %v, %v", st, err)
+	}
 
 	for _, s := range allStates {
 		if !s.IsFinal() {
@@ -773,9 +825,120 @@ func TestWaitAfterObservers(t *testing.T) {
 	if seen.Load() != 1 {
 		t.Fatal("Wait returned before the observer saw the change")
 	}
-	go tr.Close()
+	go tr.Transition(SeenByRecipient, nil)
 	<-tr.Done()
 	if seen.Load() != 2 {
 		t.Fatal("Done closed before the observer saw the final change")
 	}
+}
+
+// TestErrIsUntypedNil: Err returns a plain error, so that a tracker without
+// an error gives a nil error interface, and the stanza error is reachable
+// through errors.As and errors.Is.
+func TestErrIsUntypedNil(t *testing.T) {
+	tr := NewMessageTracker()
+	var err error = tr.Err()
+	if err != nil {
+		t.Fatalf("Err() of a new tracker is a non-nil error: %#v", err)
+	}
+	must(t, tr.Transition(Error, &Response{}))
+	if err = tr.Err(); err != nil {
+		t.Fatalf("Err() of an error without a parsed error is a non-nil error: %#v", err)
+	}
+	tr = NewMessageTracker()
+	serr := &stanza.Error{Type: stanza.Cancel, Condition: stanza.NotAcceptable}
+	must(t, tr.Transition(Error, &Response{Error: serr}))
+	var se *stanza.Error
+	if !errors.As(tr.Err(), &se) || se != serr {
+		t.Fatalf("errors.As(Err()) = %v", tr.Err())
+	}
+	if !errors.Is(tr.Err(), stanza.Error{Condition: stanza.NotAcceptable}) {
+		t.Fatal("errors.Is does not match the condition")
+	}
+}
+
+// TestTimeoutZeroMeansNone: a timeout of zero or less means no timeout, as
+// for the room and chat clients; only a deadline in the past times out at
+// once.
+func TestTimeoutZeroMeansNone(t *testing.T) {
+	for _, d := range []time.Duration{0, -time.Second} {
+		tr := NewMessageTracker(WithTimeout(d))
+		wantState(t, tr, InTransit)
+		tr = NewMessageTracker(WithTimeout(5 * time.Millisecond))
+		tr.SetTimeout(d) // removes the armed one
+		time.Sleep(30 * time.Millisecond)
+		wantState(t, tr, InTransit)
+	}
+}
+
+// TestEndedBeforeSentAbortsToken: a message whose tracking ended while it
+// waited for the stream (its timeout ran out, it was closed or aborted) is
+// never sent: binding the tracker aborts the token, and a tracker that ends
+// while its token is queued aborts it.
+func TestEndedBeforeSentAbortsToken(t *testing.T) {
+	end := map[string]func(*MessageTracker){
+		"timed out": func(tr *MessageTracker) { tr.SetDeadline(time.Now().Add(-time.Second)) },
+		"closed":    func(tr *MessageTracker) { must(t, tr.Close()) },
+		"aborted":   func(tr *MessageTracker) { must(t, tr.Abort()) },
+	}
+	for name, f := range end {
+		t.Run(name+" before Bind", func(t *testing.T) {
+			tr := NewMessageTracker()
+			f(tr)
+			tok := &token{}
+			must(t, tr.Bind(tok))
+			if tok.state != stream.TokenAborted {
+				t.Fatalf("token %v, want ABORTED", tok.state)
+			}
+		})
+		t.Run(name+" while queued", func(t *testing.T) {
+			tr := NewMessageTracker()
+			tok := &token{}
+			must(t, tr.Bind(tok))
+			f(tr)
+			if tok.state != stream.TokenAborted {
+				t.Fatalf("token %v, want ABORTED", tok.state)
+			}
+			if st := tr.State(); !st.IsFinal() || (name == "aborted" && st != Aborted) {
+				t.Fatalf("tracker %v", st)
+			}
+		})
+	}
+	// Once written, ending the tracker leaves the token alone.
+	tr := NewMessageTracker()
+	tok := &token{}
+	must(t, tr.Bind(tok))
+	tok.set(stream.TokenSent)
+	must(t, tr.Close())
+	if tok.state != stream.TokenSent {
+		t.Fatalf("token %v, want SENT", tok.state)
+	}
+}
+
+// TestAbort: a tracked message still queued is aborted through its tracker;
+// once written it cannot be.
+func TestAbort(t *testing.T) {
+	tr := NewMessageTracker()
+	tok := &token{}
+	must(t, tr.Bind(tok))
+	must(t, tr.Abort())
+	wantState(t, tr, Aborted)
+	wantTos(t, tr.Changes(), Aborted)
+	if err := tr.Abort(); !errors.Is(err, ErrFinal) {
+		t.Errorf("second Abort: %v, want ErrFinal", err)
+	}
+
+	tr = NewMessageTracker()
+	tok = &token{}
+	must(t, tr.Bind(tok))
+	tok.set(stream.TokenSent)
+	if err := tr.Abort(); !errors.Is(err, stream.ErrNotQueued) {
+		t.Errorf("Abort after the write: %v, want ErrNotQueued", err)
+	}
+	wantState(t, tr, InTransit)
+	tok.set(stream.TokenAcked)
+	if err := tr.Abort(); !errors.Is(err, stream.ErrNotQueued) {
+		t.Errorf("Abort after the ack: %v, want ErrNotQueued", err)
+	}
+	wantState(t, tr, DeliveredToServer)
 }

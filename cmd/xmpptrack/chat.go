@@ -89,7 +89,7 @@ func chatCommand(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer closeStream(s)
-	var opts []chat.Option
+	var opts []chat.ClientOption
 	if o.cfg.Goal == tracking.SeenByRecipient {
 		// Every message is forgotten at its outcome (SEEN_BY_RECIPIENT is
 		// final; the runner closes the rest at the timeout): no need to cap

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -184,10 +185,7 @@ func (d *demo) showError(ctx context.Context, alice, bob *run.Session, proxy *fa
 		return err
 	}
 	defer left.MUC.Close()
-	occupant, err := jid.Parse(left.Room.OccupantJID())
-	if err != nil {
-		return err
-	}
+	occupant := left.Room.OccupantJID()
 	proxy.HoldServerToClient()
 	if _, err := alice.Stream.Send(ctx, stanza.Presence{To: occupant, Type: stanza.UnavailablePresence}.Wrap(nil)); err != nil {
 		proxy.ReleaseServerToClient()
@@ -201,7 +199,8 @@ func (d *demo) showError(ctx context.Context, alice, bob *run.Session, proxy *fa
 	}
 	st, _ := tr.Wait(ctx, tracking.DeliveredToRecipient)
 	d.say("%-22s id=%s", st, tr.ID())
-	if e := tr.Err(); e != nil {
+	var e *stanza.Error
+	if errors.As(tr.Err(), &e) {
 		d.say("the room answered: %s: %s", e.Condition, oneLine(e.Error()))
 	}
 	return nil

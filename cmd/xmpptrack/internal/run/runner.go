@@ -304,7 +304,9 @@ func (r *Runner) Run(ctx context.Context, onOutcome func(Outcome)) (Summary, err
 	r.mu.Unlock()
 	sum := summarize(sent, states, latencies, started, last, cpuTime()-cpu0)
 	sum.Goal = r.cfg.Goal
-	sum.Reached = states[r.cfg.Goal.String()]
+	for s := r.cfg.Goal; s <= tracking.SeenByRecipient; s++ {
+		sum.Reached += states[s.String()]
+	}
 	if r.cfg.Resumptions != nil {
 		sum.Resumptions = r.cfg.Resumptions()
 	}
@@ -312,6 +314,13 @@ func (r *Runner) Run(ctx context.Context, onOutcome func(Outcome)) (Summary, err
 		return sum, fmt.Errorf("run: stopped: %w", ctx.Err())
 	}
 	return sum, nil
+}
+
+// meets reports whether a message in state s has met goal: s is the goal or
+// a state past it on the way to the recipient (a message seen by the
+// recipient was delivered to it, even when no receipt came first).
+func meets(s, goal tracking.MessageState) bool {
+	return s >= goal && s <= tracking.SeenByRecipient
 }
 
 // flight is one message sent and awaiting its outcome.
@@ -336,7 +345,7 @@ func (r *Runner) follow(f *flight) {
 	f.tr.OnChange(func(c tracking.Change) {
 		switch {
 		case c.To >= goal:
-			o := Outcome{Index: f.index, ID: f.tr.ID(), State: c.To, Reached: c.To == goal, Latency: c.At.Sub(f.t0)}
+			o := Outcome{Index: f.index, ID: f.tr.ID(), State: c.To, Reached: meets(c.To, goal), Latency: c.At.Sub(f.t0)}
 			if !o.Reached {
 				o.Err = r.outcomeErr(c)
 			}

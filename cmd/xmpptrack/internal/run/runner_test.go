@@ -212,8 +212,9 @@ func TestRunGoalSeen(t *testing.T) {
 				o.Err.Error() != "not SEEN_BY_RECIPIENT before the timeout" || o.Latency < timeout {
 				t.Errorf("message %d: %+v, want DELIVERED_TO_RECIPIENT short of the goal at the timeout", i, o)
 			}
-			if st := target.tracker(fmt.Sprintf("m %d", i)).State(); st != tracking.Closed {
-				t.Errorf("message %d: tracker %v after its outcome, want CLOSED", i, st)
+			// Closed at delivery: tracking ended, the delivery is kept.
+			if tr := target.tracker(fmt.Sprintf("m %d", i)); tr.State() != tracking.DeliveredToRecipient || !tr.Ended() {
+				t.Errorf("message %d: tracker %v (ended %v) after its outcome, want DELIVERED_TO_RECIPIENT, ended", i, tr.State(), tr.Ended())
 			}
 		case 2:
 			if o.State != tracking.Error || o.Reached || o.Err == nil {
@@ -259,5 +260,27 @@ func TestPercentile(t *testing.T) {
 	}
 	if p := report.Percentile(nil, 99); p != 0 {
 		t.Errorf("empty %d", p)
+	}
+}
+
+// TestRunSeenMeetsDeliveredGoal (issue 10, defect 15): a peer that sends
+// only displayed markers moves trackers straight to SEEN_BY_RECIPIENT; with
+// the goal DELIVERED_TO_RECIPIENT they have met it, and their latencies
+// count.
+func TestRunSeenMeetsDeliveredGoal(t *testing.T) {
+	room := &fakeRoom{answer: func(string) *tracking.MessageState { return state(tracking.SeenByRecipient) }}
+	sum, err := New(Room(room), Config{N: 20, Window: 5, Body: "m %d"}).Run(t.Context(), func(o Outcome) {
+		if !o.Reached || o.Err != nil {
+			t.Errorf("message %d: %+v, want the goal met", o.Index, o)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Reached != 20 || sum.States["SEEN_BY_RECIPIENT"] != 20 {
+		t.Fatalf("reached %d, states %v; want 20 reached", sum.Reached, sum.States)
+	}
+	if sum.P50Ms <= 0 || sum.P99Ms < sum.P50Ms {
+		t.Fatalf("latencies p50 %v p99 %v, want the 20 messages counted", sum.P50Ms, sum.P99Ms)
 	}
 }
