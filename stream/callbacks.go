@@ -20,9 +20,9 @@ type callbacks struct {
 
 // job is one unit of user code to run: exactly one field is set.
 type job struct {
-	tok *StanzaToken // deliver the token's queued changes to its observers
-	el  *Element     // run the handlers on an inbound stanza
-	ev  *Event       // tell the event listeners
+	tok *StanzaToken  // deliver the token's queued changes to its observers
+	el  *Element      // run the handlers on an inbound stanza
+	ev  *Event        // tell the event listeners
 	ran chan struct{} // if not nil, closed once the job has run
 }
 
