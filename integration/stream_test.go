@@ -20,6 +20,13 @@ import (
 // when the test ends.
 func dialStream(t testing.TB, srv *prosody.Server, user string, mod func(*stream.Config)) *stream.Stream {
 	t.Helper()
+	return dialStreamWithin(t, 20*time.Second, srv, user, mod)
+}
+
+// dialStreamWithin is dialStream with d for the first connection, for links
+// slow enough to need more than dialStream's 20 s.
+func dialStreamWithin(t testing.TB, d time.Duration, srv *prosody.Server, user string, mod func(*stream.Config)) *stream.Stream {
+	t.Helper()
 	cfg := stream.Config{
 		JID:      srv.JID(user),
 		Password: srv.Password(user),
@@ -30,7 +37,7 @@ func dialStream(t testing.TB, srv *prosody.Server, user string, mod func(*stream
 	if mod != nil {
 		mod(&cfg)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	s, err := stream.Dial(ctx, cfg)
 	if err != nil {

@@ -24,7 +24,9 @@ const (
 //
 // The conn owns both net.Conns. Its serve goroutine reads the client and
 // writes the server, a second goroutine reads the server and writes the
-// client, and serve closes both legs once both goroutines are done. Other
+// client, and serve closes both legs once both goroutines are done. Each of
+// the two has a delayLine whose goroutine writes for it while SetLatency
+// delays bytes, and which it ends before it returns. Other
 // goroutines (Cut, CutRaw, Close) only record the cut, reset legs and set
 // deadlines to make those two goroutines end, which is safe to do
 // concurrently; a leg of a cut connection is only ever closed with a reset,
@@ -121,6 +123,15 @@ func (c *conn) remove() {
 	}
 }
 
+// midCutPending reports whether a CutMidStanza request waits for a
+// connection to cut.
+func (c *conn) midCutPending() bool {
+	p := c.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.midCuts) > 0
+}
+
 // takeMidCut takes the oldest pending CutMidStanza request, if any, and
 // marks the connection as cut by it.
 func (c *conn) takeMidCut() bool {
@@ -144,27 +155,40 @@ func (c *conn) takeMidCut() bool {
 func (c *conn) clientToServer() {
 	var sc scanner
 	buf := make([]byte, bufSize)
+	line := newDelayLine(c, c.server, false)
+	go line.run()
 	var rerr, werr error
 	for rerr == nil && werr == nil {
 		var n int
 		n, rerr = c.client.Read(buf)
+		readAt := time.Now()
 		out := sc.Feed(buf[:n])
 		if !c.flow(sc.Opaque()) {
 			break
 		}
-		if start, end, ok := sc.LastElement(); ok && c.takeMidCut() {
-			// Forward up to the middle of the element, then cut.
-			p := c.p
-			p.mu.Lock()
-			drain := p.drain
-			p.mu.Unlock()
-			c.server.SetWriteDeadline(time.Now().Add(drain))
-			_, werr = c.server.Write(out[:start+(end-start)/2])
-			break
+		if start, end, ok := sc.LastElement(); ok && c.midCutPending() {
+			// What came before the element reaches the server first, and
+			// only this goroutine writes from then on.
+			if werr = line.idle(); werr != nil {
+				break
+			}
+			if c.takeMidCut() {
+				// Forward up to the middle of the element, then cut.
+				p := c.p
+				p.mu.Lock()
+				drain := p.drain
+				p.mu.Unlock()
+				c.server.SetWriteDeadline(time.Now().Add(drain))
+				_, werr = c.server.Write(out[:start+(end-start)/2])
+				break
+			}
 		}
 		if len(out) > 0 {
-			_, werr = c.server.Write(out)
+			werr = line.forward(out, readAt)
 		}
+	}
+	if err := line.close(); werr == nil {
+		werr = err
 	}
 	sc.Discard()
 
@@ -221,18 +245,26 @@ func (c *conn) flow(opaque bool) bool {
 // client's stream and close its side.
 func (c *conn) serverToClient() {
 	buf := make([]byte, bufSize)
+	line := newDelayLine(c, c.client, true)
+	go line.run()
 	clientOK := true
 	for {
 		n, rerr := c.server.Read(buf)
+		readAt := time.Now()
 		forward := clientOK && c.flowBack()
 		if forward && n > 0 {
-			if _, err := c.client.Write(buf[:n]); err != nil {
+			if err := line.forward(buf[:n], readAt); err != nil {
 				clientOK = false
 				forward = false
 			}
 		}
 		if rerr == nil {
 			continue
+		}
+		// Whatever the line still delays reaches the client before the
+		// end of the stream does.
+		if err := line.close(); err != nil {
+			forward = false
 		}
 		if forward {
 			if errors.Is(rerr, io.EOF) {

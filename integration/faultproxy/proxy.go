@@ -5,7 +5,8 @@
 // upstream server, and on demand breaks the live connections: Cut (a
 // stanza-safe cut), CutRaw (a reset of both legs), CutEvery (cuts at random
 // moments), CutMidStanza (a deliberate cut in the middle of a stanza), Stall
-// (a silent dead link) and HoldServerToClient (a one-way stall).
+// (a silent dead link) and HoldServerToClient (a one-way stall). SetLatency
+// makes the link slow instead: every byte arrives, late.
 //
 // # Stanza-safe cuts
 //
@@ -38,7 +39,8 @@
 // opaque. Server-to-client bytes are never parsed.
 //
 // The proxy does not change, reorder or inject bytes: apart from what a cut
-// discards, both legs carry exactly what their peer sent.
+// discards, both legs carry exactly what their peer sent, also when
+// SetLatency delays them.
 package faultproxy // import "github.com/xmpptrack/xmpptrack/integration/faultproxy"
 
 import (
@@ -79,7 +81,8 @@ type Proxy struct {
 	total    int
 	stalled  bool
 	held     bool // server-to-client bytes are held
-	draining int  // cuts still waiting for the server to close
+	latency  time.Duration
+	draining int // cuts still waiting for the server to close
 	drain    time.Duration
 	closed   bool
 	midCuts  []*midCut // pending CutMidStanza calls, oldest first
@@ -127,6 +130,25 @@ func (p *Proxy) SetDrainTimeout(d time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.drain = d
+}
+
+// SetLatency makes the proxy a slow link: every chunk of bytes it reads,
+// from either side, is forwarded d after it was read, so that a round trip
+// through the proxy takes at least 2d. Chunks are forwarded in their order
+// and none is lost; each waits only for its own d, not for the chunks before
+// it, so bytes in flight travel together as on a real link. It applies to
+// the live connections, to what they read from now on, and to connections
+// accepted later. Zero, the default, forwards at once.
+//
+// On the client-to-server leg the chunks are whole elements (see Stanza-safe
+// cuts), each delayed from the read that completed it. Stall and
+// HoldServerToClient hold delayed bytes too; a cut discards them, as it
+// discards what Stall holds, and CutMidStanza forwards them before its half
+// element, which it writes at once.
+func (p *Proxy) SetLatency(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.latency = d
 }
 
 // Connections returns the number of connections accepted so far.
@@ -280,10 +302,16 @@ func (p *Proxy) CutMidStanza(ctx context.Context) error {
 // a silent dead link, until Unstall.
 //
 // While stalled the proxy reads at most one buffer from each side and holds
-// it; the rest waits in the kernel's buffers, so the peers' writes
-// eventually block. Nothing is lost: Unstall forwards what was held, in
-// order. A Cut or CutRaw while stalled discards what is held. Connections
-// accepted while stalled are forwarded to the server but stall too.
+// it, with whatever SetLatency was delaying; the rest waits in the kernel's
+// buffers, so the peers' writes eventually block. Nothing is lost: Unstall
+// forwards what was held, in order. A Cut or CutRaw while stalled discards
+// what is held.
+//
+// A connection accepted while stalled is dialled to the server, so both TCP
+// handshakes succeed, but no byte crosses the proxy either way until
+// Unstall: a client that reconnects over a stalled link finds it as silent
+// as the one it gave up, and the server sees a connection that says
+// nothing.
 func (p *Proxy) Stall() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
