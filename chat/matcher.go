@@ -421,10 +421,10 @@ func readMarkers(el *stream.Element, ms []marker) []marker {
 // of the addressee's account, or its bare JID. A message to a full JID whose
 // resource went away is rerouted by the server to another resource of the
 // same account (RFC 6121 §8.5.3.2.1), whose answer is the addressee's.
+//
+// from must be a valid JID: a server never sends an invalid one, so one
+// (such as "bob@example.net/", with an empty resource) proves nothing.
 func (p *peer) accepts(from string) bool {
-	if bareOf(from) == p.bare {
-		return true
-	}
 	// The server may write the address in another form (case): compare
 	// the normalized JIDs.
 	j, err := jid.Parse(from)
@@ -437,15 +437,11 @@ func (p *peer) accepts(from string) bool {
 // acceptsError reports whether an error reply from from may be about a
 // message sent to p: from the addressee, its bare JID, or its server.
 func (p *peer) acceptsError(from string) bool {
-	if from == p.bare || from == p.domain || p.accepts(from) {
-		return true
-	}
 	j, err := jid.Parse(from)
 	if err != nil {
 		return false
 	}
-	s := j.String()
-	return s == p.bare || s == p.domain
+	return j.Bare().String() == p.bare || j.String() == p.domain
 }
 
 func bareOf(s string) string {
