@@ -33,16 +33,16 @@ type eventLog struct {
 	dropped atomic.Int32 // events that did not fit in ch
 }
 
-// watch makes a stream config report its connection events to l.
-func (l *eventLog) watch(c *stream.Config) {
+// watch makes a stream report its connection events to l.
+func (l *eventLog) watch(s *stream.Stream) {
 	l.ch = make(chan stream.Event, 1024)
-	c.OnEvent = func(ev stream.Event) {
+	s.OnEvent(func(ev stream.Event) {
 		select {
 		case l.ch <- ev:
 		default:
 			l.dropped.Add(1)
 		}
-	}
+	})
 }
 
 // quiet fails t if the stream lost its connection since the last call.
@@ -133,8 +133,8 @@ func TestDeadLinkWhileSending(t *testing.T) {
 	alice := dialStream(t, srv, "alice", func(c *stream.Config) {
 		viaProxy(p)(c)
 		c.AckTimeout = deadLinkAckTimeout
-		events.watch(c)
 	})
+	events.watch(alice)
 	t.Cleanup(p.Unstall) // before the stream closes
 	events.quiet(t, "before sending")
 
@@ -239,8 +239,8 @@ func TestDeadLinkIdle(t *testing.T) {
 		viaProxy(p)(c)
 		c.AckTimeout = deadLinkAckTimeout
 		c.KeepAlive = keepAlive
-		events.watch(c)
 	})
+	events.watch(alice)
 	t.Cleanup(p.Unstall) // before the stream closes
 
 	const blackholes = 2
@@ -296,13 +296,11 @@ func TestDeadLinkSlowLinkStaysUp(t *testing.T) {
 	alice := dialStreamWithin(t, 2*time.Minute, srv, "alice", func(c *stream.Config) {
 		viaProxy(p)(c)
 		c.AckTimeout = 30 * time.Second // the default
-		events.watch(c)
-		record := c.OnEvent
-		c.OnEvent = func(ev stream.Event) {
-			record(ev)
-			if ev.Kind == stream.EventDisconnected {
-				cancel()
-			}
+	})
+	events.watch(alice)
+	alice.OnEvent(func(ev stream.Event) {
+		if ev.Kind == stream.EventDisconnected {
+			cancel()
 		}
 	})
 	connected := time.Now()
@@ -415,8 +413,8 @@ func TestDeadLinkBurst(t *testing.T) {
 		c.AckTimeout = deadLinkAckTimeout
 		c.MaxUnacked = 2 * n
 		c.QueueSize = 2 * n
-		events.watch(c)
 	})
+	events.watch(alice)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 

@@ -298,11 +298,11 @@ func TestMUCResumeRefused(t *testing.T) {
 			defer gate.RUnlock()
 			return dial(ctx)
 		}
-		c.OnEvent = func(ev stream.Event) {
-			select {
-			case streamEvents <- ev:
-			default:
-			}
+	})
+	alice.OnEvent(func(ev stream.Event) {
+		select {
+		case streamEvents <- ev:
+		default:
 		}
 	})
 	bob := dialStream(t, srv, "bob", nil)

@@ -93,15 +93,13 @@ func TestResumeUnderCuts(t *testing.T) {
 	srv := prosody.StartTB(t, prosody.Options{Users: map[string]string{"alice": "a-pw", "bob": "b-pw"}})
 	p := newProxy(t, srv)
 	var resumed, newSessions atomic.Int32
-	alice := dialStream(t, srv, "alice", func(c *stream.Config) {
-		viaProxy(p)(c)
-		c.OnEvent = func(ev stream.Event) {
-			switch ev.Kind {
-			case stream.EventResumed:
-				resumed.Add(1)
-			case stream.EventNewSession:
-				newSessions.Add(1)
-			}
+	alice := dialStream(t, srv, "alice", viaProxy(p))
+	alice.OnEvent(func(ev stream.Event) {
+		switch ev.Kind {
+		case stream.EventResumed:
+			resumed.Add(1)
+		case stream.EventNewSession:
+			newSessions.Add(1)
 		}
 	})
 	bob := dialStream(t, srv, "bob", nil)
@@ -173,8 +171,8 @@ func TestResumeRefusedAfterRestart(t *testing.T) {
 			defer gate.RUnlock()
 			return dial(ctx)
 		}
-		c.OnEvent = func(ev stream.Event) { events <- ev }
 	})
+	alice.OnEvent(func(ev stream.Event) { events <- ev })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	first, err := alice.Send(ctx, chat(alice.Addr().Bare(), "kept"))

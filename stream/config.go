@@ -120,10 +120,6 @@ type Config struct {
 	// further. Default 5m.
 	ResumeWindow time.Duration
 
-	// OnEvent, if set, learns of connection events (lost, resumed, new
-	// session, closed), from the first connection on, like Stream.OnEvent.
-	// It runs on the callback goroutine (see the package documentation).
-	OnEvent func(Event)
 	// Logger receives debug and warning logs. Default: discard.
 	Logger *slog.Logger
 }

@@ -597,9 +597,6 @@ func (s *Stream) emitNewSession(ev Event) {
 
 // tell runs the event listeners; on the callback goroutine.
 func (s *Stream) tell(ev Event) {
-	if s.cfg.OnEvent != nil {
-		s.cfg.OnEvent(ev)
-	}
 	s.mu.Lock()
 	ls := s.listeners
 	s.mu.Unlock()

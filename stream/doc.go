@@ -46,7 +46,7 @@
 // error of XEP-0198 and ends for good with ErrProtocol; no token becomes
 // ACKED by it.
 //
-// Config.OnEvent learns of each of these (EventResumed, EventNewSession…),
+// Stream.OnEvent learns of each of these (EventResumed, EventNewSession…),
 // so that higher layers can, for example, join their rooms again after a
 // new session. Stats keeps a record of every reconnection attempt.
 //
@@ -86,7 +86,7 @@
 // All methods are safe for concurrent use. A Stream runs three goroutines:
 // one that (re)connects, and per connection a reader and a writer. None of
 // them runs user code. Handlers (Handle, HandleElement), event listeners
-// (OnEvent, Config.OnEvent) and the observers of the changes the stream
+// (OnEvent) and the observers of the changes the stream
 // makes to tokens run on a fourth goroutine, the callback goroutine, one
 // callback at a time, in the order things happened; it exists only while
 // there is work for it. (A change the user makes, such as Abort, reaches

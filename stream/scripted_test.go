@@ -77,7 +77,6 @@ func startWith(t *testing.T, edit func(*stream.Config), first func(*fakeserver.C
 		Backoff:        stream.Backoff{Min: 10 * time.Millisecond, Max: 50 * time.Millisecond},
 		AckTimeout:     5 * time.Second,
 		KeepAlive:      time.Minute,
-		OnEvent:        h.onEvent,
 	}
 	if edit != nil {
 		edit(&cfg)
@@ -103,6 +102,7 @@ func startWith(t *testing.T, edit func(*stream.Config), first func(*fakeserver.C
 		t.Fatalf("Dial: %v", r.err)
 	}
 	h.s = r.s
+	h.s.OnEvent(h.onEvent)
 	t.Cleanup(func() {
 		// Tear the server down first so that Close does not wait for it.
 		h.srv.Close()

@@ -175,8 +175,9 @@ func (h *elementHandler) HandleXMPP(r xmlstream.TokenReadEncoder, start *xml.Sta
 	return nil
 }
 
-// OnEvent registers f to learn of connection events (see EventKind), like
-// Config.OnEvent; the returned function removes it. f runs on the stream's
+// OnEvent registers f to learn of connection events (see EventKind) from now
+// on; the returned function removes it. (EventConnected, for the first
+// session, may have gone out before Dial returned.) f runs on the stream's
 // callback goroutine, one event at a time, in order; it may call any method
 // of the stream (Close included), but other callbacks wait while it runs.
 func (s *Stream) OnEvent(f func(Event)) (remove func()) {
