@@ -174,3 +174,32 @@ func ValidText(s string) bool {
 	}
 	return true
 }
+
+// WithoutNSDecls returns start without the namespace declarations (xmlns
+// and xmlns:prefix attributes) that encoding/xml's decoder leaves among the
+// attributes. Its encoder declares namespaces from the names themselves, so
+// a start element read by a decoder must lose them before it is encoded
+// again, or they are written twice, which no XML parser accepts.
+func WithoutNSDecls(start xml.StartElement) xml.StartElement {
+	keep := 0
+	for _, a := range start.Attr {
+		if !isNSDecl(a) {
+			keep++
+		}
+	}
+	if keep == len(start.Attr) {
+		return start
+	}
+	attrs := make([]xml.Attr, 0, keep)
+	for _, a := range start.Attr {
+		if !isNSDecl(a) {
+			attrs = append(attrs, a)
+		}
+	}
+	start.Attr = attrs
+	return start
+}
+
+func isNSDecl(a xml.Attr) bool {
+	return (a.Name.Space == "" && a.Name.Local == "xmlns") || a.Name.Space == "xmlns"
+}

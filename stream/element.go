@@ -116,14 +116,15 @@ func encodeStanza(r xml.TokenReader, newID func() string) (b []byte, id string, 
 		if tok != nil {
 			switch t := tok.(type) {
 			case xml.StartElement:
+				t = xstanza.WithoutNSDecls(t)
 				if depth == 0 {
 					if started {
 						return nil, "", fmt.Errorf("%w: more than one element", ErrSerialize)
 					}
 					started = true
 					t, id = ensureID(t, newID)
-					tok = t
 				}
+				tok = t
 				depth++
 			case xml.EndElement:
 				depth--
