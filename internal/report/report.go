@@ -10,6 +10,8 @@ import (
 	"math"
 	"slices"
 	"time"
+
+	"github.com/xmpptrack/xmpptrack/internal/quantile"
 )
 
 // Outcome is the line of one message.
@@ -84,12 +86,7 @@ func Summarize(sent int, states map[string]int, latencies []time.Duration, span,
 // Percentile returns the p-th percentile (0 to 100) of sorted by the
 // nearest-rank method, or 0 when sorted is empty.
 func Percentile(sorted []time.Duration, p float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	rank := int(math.Ceil(p / 100 * float64(len(sorted))))
-	rank = min(max(rank, 1), len(sorted))
-	return sorted[rank-1]
+	return quantile.Percentile(sorted, p)
 }
 
 // Millis returns d in milliseconds.
