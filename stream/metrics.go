@@ -1,6 +1,10 @@
 package stream
 
-import "time"
+import (
+	"time"
+
+	"github.com/xmpptrack/xmpptrack/internal/notify"
+)
 
 // A Hook observes a stream's measurements as they happen, for metrics: an
 // adapter counts events and observes round trips into histograms of its
@@ -37,21 +41,8 @@ func (s *Stream) AddHook(h Hook) (remove func()) {
 		removeEvents()
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		s.hooks = without(s.hooks, p)
+		s.hooks = notify.Without(s.hooks, p)
 	}
-}
-
-// without returns a new slice of the elements of xs other than x: the
-// registries of handlers, listeners and hooks are copied on write, so that a
-// dispatch in progress keeps the slice it read.
-func without[T comparable](xs []T, x T) []T {
-	out := make([]T, 0, len(xs))
-	for _, y := range xs {
-		if y != x {
-			out = append(out, y)
-		}
-	}
-	return out
 }
 
 // sampleRTTLocked records an ack round trip for Stats and returns the hooks

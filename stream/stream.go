@@ -16,6 +16,7 @@ import (
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 
+	"github.com/xmpptrack/xmpptrack/internal/notify"
 	"github.com/xmpptrack/xmpptrack/internal/quantile"
 	"github.com/xmpptrack/xmpptrack/sm"
 	xstanza "github.com/xmpptrack/xmpptrack/stanza"
@@ -145,7 +146,7 @@ func (s *Stream) Handle(h xmpp.Handler) (remove func()) {
 	return func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		s.handlers = without(s.handlers, entry)
+		s.handlers = notify.Without(s.handlers, entry)
 	}
 }
 
@@ -186,7 +187,7 @@ func (s *Stream) OnEvent(f func(Event)) (remove func()) {
 	return func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		s.listeners = without(s.listeners, p)
+		s.listeners = notify.Without(s.listeners, p)
 	}
 }
 
