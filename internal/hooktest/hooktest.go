@@ -1,5 +1,6 @@
-// Package hooktest holds a tracking.Hook that keeps what it is told, for the
-// tests of the packages that call hooks and of the metrics adapters.
+// Package hooktest holds a tracking.Hook that keeps what it is told and a
+// scripted stream, for the tests of the packages that call hooks and of the
+// metrics adapters.
 package hooktest
 
 import (
@@ -7,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/xmpptrack/xmpptrack/internal/notify"
+	"github.com/xmpptrack/xmpptrack/stream"
 	"github.com/xmpptrack/xmpptrack/tracking"
 )
 
@@ -54,4 +57,57 @@ func (h *Trackers) Seen() (delivered []time.Duration, ended tracking.StateCounts
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return slices.Clone(h.delivered), h.ended, h.calls
+}
+
+// Stream is a scripted stream for the metrics adapters (a
+// metrics.StreamSource): the test sets its Stats and plays its hooks' calls
+// by hand. It is safe for concurrent use.
+type Stream struct {
+	mu    sync.Mutex
+	stats stream.Stats
+	hooks []*stream.Hook
+}
+
+// SetStats sets what Stats returns.
+func (s *Stream) SetStats(st stream.Stats) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stats = st
+}
+
+// Stats returns what SetStats set.
+func (s *Stream) Stats() stream.Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stats
+}
+
+// AddHook registers h; the returned function removes it.
+func (s *Stream) AddHook(h stream.Hook) (remove func()) {
+	p := &h
+	s.mu.Lock()
+	s.hooks = append(s.hooks, p)
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.hooks = notify.Without(s.hooks, p)
+	}
+}
+
+// Hooks returns how many hooks are registered.
+func (s *Stream) Hooks() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.hooks)
+}
+
+// AckRTT tells every hook of a round trip d.
+func (s *Stream) AckRTT(d time.Duration) {
+	s.mu.Lock()
+	hooks := s.hooks
+	s.mu.Unlock()
+	for _, h := range hooks {
+		(*h).AckRTT(d)
+	}
 }
