@@ -6,6 +6,7 @@ package hooktest
 import (
 	"slices"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/xmpptrack/xmpptrack/internal/notify"
@@ -110,4 +111,18 @@ func (s *Stream) AckRTT(d time.Duration) {
 	for _, h := range hooks {
 		(*h).AckRTT(d)
 	}
+}
+
+// Drive tracks a new tracker with r and moves it through states, failing
+// the test on a transition the tracker refuses. It returns the tracker.
+func Drive(t testing.TB, r *tracking.Recorder, states ...tracking.MessageState) *tracking.MessageTracker {
+	t.Helper()
+	tr := tracking.NewMessageTracker()
+	r.Track(tr, time.Now())
+	for _, s := range states {
+		if err := tr.Transition(s, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return tr
 }

@@ -160,26 +160,45 @@ func RegisterStream(m metric.Meter, src metrics.StreamSource, opts ...Option) (*
 		return nil, fmt.Errorf("otelmetrics: %s.ack_rtt: %w", name, err)
 	}
 	attrs := metric.WithAttributeSet(attribute.NewSet(o.attrs...))
-	reg, err := m.RegisterCallback(func(_ context.Context, obs metric.Observer) error {
+	return register(m, name, func(_ context.Context, obs metric.Observer) error {
 		observe(obs, src.Stats(), vs, attrs)
 		return nil
-	}, all...)
+	}, all, func() func() { return src.AddHook(histogramHook{rtt, attrs}) })
+}
+
+// register registers f as the callback of insts, then the hook that
+// addHook adds, and returns both as a Registration.
+func register(m metric.Meter, name string, f metric.Callback, insts []metric.Observable, addHook func() (remove func())) (*Registration, error) {
+	reg, err := m.RegisterCallback(f, insts...)
 	if err != nil {
 		return nil, fmt.Errorf("otelmetrics: %s: %w", name, err)
 	}
-	return &Registration{reg: reg, remove: src.AddHook(streamHook{rtt, attrs})}, nil
+	return &Registration{reg: reg, remove: addHook()}, nil
 }
 
-// streamHook records the round-trip histogram.
-type streamHook struct {
-	rtt   metric.Float64Histogram
+// histogramHook records the durations a hook learns of in a histogram: the
+// ack round trips as a stream.Hook, the times to delivery as a
+// tracking.Hook.
+type histogramHook struct {
+	h     metric.Float64Histogram
 	attrs metric.MeasurementOption
 }
 
-func (h streamHook) AckRTT(d time.Duration) {
-	h.rtt.Record(context.Background(), d.Seconds(), h.attrs)
+func (h histogramHook) record(d time.Duration) {
+	h.h.Record(context.Background(), d.Seconds(), h.attrs)
 }
-func (streamHook) Event(stream.Event) {}
+
+// AckRTT implements stream.Hook.
+func (h histogramHook) AckRTT(d time.Duration) { h.record(d) }
+
+// Event implements stream.Hook.
+func (histogramHook) Event(stream.Event) {}
+
+// Delivered implements tracking.Hook.
+func (h histogramHook) Delivered(d time.Duration) { h.record(d) }
+
+// Ended implements tracking.Hook.
+func (histogramHook) Ended(tracking.MessageState, time.Duration) {}
 
 // RegisterTrackers creates the instruments of a room or chat client's
 // metrics on m, observed from src (usually a *muc.Client or a *chat.Client)
@@ -220,7 +239,7 @@ func RegisterTrackers(m metric.Meter, src metrics.TrackerSource, client string, 
 	for _, s := range metrics.OutcomeStates() {
 		endedAttrs[s] = byState(s)
 	}
-	reg, err := m.RegisterCallback(func(_ context.Context, obs metric.Observer) error {
+	return register(m, name, func(_ context.Context, obs metric.Observer) error {
 		st := src.Stats()
 		observe(obs, st, vs, attrs)
 		for _, s := range metrics.ActiveStates() {
@@ -230,20 +249,5 @@ func RegisterTrackers(m metric.Meter, src metrics.TrackerSource, client string, 
 			obs.ObserveInt64(ended, int64(st.Ended[s]), endedAttrs[s])
 		}
 		return nil
-	}, append(all, active, ended)...)
-	if err != nil {
-		return nil, fmt.Errorf("otelmetrics: %s: %w", name, err)
-	}
-	return &Registration{reg: reg, remove: src.AddHook(trackerHook{delivery, attrs})}, nil
+	}, append(all, active, ended), func() func() { return src.AddHook(histogramHook{delivery, attrs}) })
 }
-
-// trackerHook records the delivery-time histogram.
-type trackerHook struct {
-	delivery metric.Float64Histogram
-	attrs    metric.MeasurementOption
-}
-
-func (h trackerHook) Delivered(d time.Duration) {
-	h.delivery.Record(context.Background(), d.Seconds(), h.attrs)
-}
-func (trackerHook) Ended(tracking.MessageState, time.Duration) {}

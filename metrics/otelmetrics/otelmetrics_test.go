@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/xmpptrack/xmpptrack/internal/hooktest"
+	"github.com/xmpptrack/xmpptrack/metrics"
 	"github.com/xmpptrack/xmpptrack/metrics/otelmetrics"
 	"github.com/xmpptrack/xmpptrack/stream"
 	"github.com/xmpptrack/xmpptrack/tracking"
@@ -135,20 +136,11 @@ func TestTrackers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	move := func(r *tracking.Recorder, states ...tracking.MessageState) {
-		tr := tracking.NewMessageTracker()
-		r.Track(tr, time.Now())
-		for _, s := range states {
-			if err := tr.Transition(s, nil); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	move(&rooms, tracking.DeliveredToServer, tracking.DeliveredToRecipient)
-	move(&rooms, tracking.Error)
-	move(&rooms)
-	move(&chats, tracking.SeenByRecipient)
-	move(&chats, tracking.DeliveredToServer, tracking.Closed)
+	hooktest.Drive(t, &rooms, tracking.DeliveredToServer, tracking.DeliveredToRecipient)
+	hooktest.Drive(t, &rooms, tracking.Error)
+	hooktest.Drive(t, &rooms)
+	hooktest.Drive(t, &chats, tracking.SeenByRecipient)
+	hooktest.Drive(t, &chats, tracking.DeliveredToServer, tracking.Closed)
 
 	got := collect(t, reader)
 	for name, r := range map[string]*tracking.Recorder{"muc": &rooms, "chat": &chats} {
@@ -158,11 +150,10 @@ func TestTrackers(t *testing.T) {
 			"xmpptrack.trackers.delivered{client=" + name + "}":      float64(st.Delivered),
 			"xmpptrack.trackers.delivery.count{client=" + name + "}": float64(st.Delivered),
 		}
-		for s := range tracking.SeenByRecipient {
+		for _, s := range metrics.ActiveStates() {
 			want[fmt.Sprintf("xmpptrack.trackers.active{client=%s,state=%s}", name, s)] = float64(st.Active[s])
 		}
-		for _, s := range []tracking.MessageState{tracking.DeliveredToRecipient, tracking.SeenByRecipient,
-			tracking.Aborted, tracking.TimedOut, tracking.Closed, tracking.Error} {
+		for _, s := range metrics.OutcomeStates() {
 			want[fmt.Sprintf("xmpptrack.trackers.ended{client=%s,state=%s}", name, s)] = float64(st.Ended[s])
 		}
 		check(t, got, want)

@@ -149,15 +149,26 @@ func NewStream(src metrics.StreamSource, opts ...Option) *Stream {
 			Buckets:     o.buckets,
 		}),
 	}
-	c.remove = src.AddHook(streamHook{c.rtt})
+	c.remove = src.AddHook(histogramHook{c.rtt})
 	return c
 }
 
-// streamHook fills the round-trip histogram.
-type streamHook struct{ rtt prometheus.Histogram }
+// histogramHook observes the durations a hook learns of in a histogram:
+// the ack round trips as a stream.Hook, the times to delivery as a
+// tracking.Hook.
+type histogramHook struct{ h prometheus.Histogram }
 
-func (h streamHook) AckRTT(d time.Duration) { h.rtt.Observe(d.Seconds()) }
-func (streamHook) Event(stream.Event)       {}
+// AckRTT implements stream.Hook.
+func (h histogramHook) AckRTT(d time.Duration) { h.h.Observe(d.Seconds()) }
+
+// Event implements stream.Hook.
+func (histogramHook) Event(stream.Event) {}
+
+// Delivered implements tracking.Hook.
+func (h histogramHook) Delivered(d time.Duration) { h.h.Observe(d.Seconds()) }
+
+// Ended implements tracking.Hook.
+func (histogramHook) Ended(tracking.MessageState, time.Duration) {}
 
 // Describe implements prometheus.Collector.
 func (c *Stream) Describe(ch chan<- *prometheus.Desc) {
@@ -214,15 +225,9 @@ func NewTrackers(src metrics.TrackerSource, name string, opts ...Option) *Tracke
 			Buckets:     o.buckets,
 		}),
 	}
-	c.remove = src.AddHook(trackerHook{c.delivery})
+	c.remove = src.AddHook(histogramHook{c.delivery})
 	return c
 }
-
-// trackerHook fills the delivery-time histogram.
-type trackerHook struct{ delivery prometheus.Histogram }
-
-func (h trackerHook) Delivered(d time.Duration)                { h.delivery.Observe(d.Seconds()) }
-func (trackerHook) Ended(tracking.MessageState, time.Duration) {}
 
 // Describe implements prometheus.Collector.
 func (c *Trackers) Describe(ch chan<- *prometheus.Desc) {

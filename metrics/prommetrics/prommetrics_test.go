@@ -13,6 +13,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/xmpptrack/xmpptrack/internal/hooktest"
+	"github.com/xmpptrack/xmpptrack/metrics"
 	"github.com/xmpptrack/xmpptrack/metrics/prommetrics"
 	"github.com/xmpptrack/xmpptrack/stream"
 	"github.com/xmpptrack/xmpptrack/tracking"
@@ -126,25 +127,14 @@ func TestTrackers(t *testing.T) {
 	mc := prommetrics.NewTrackers(&rooms, "muc")
 	reg.MustRegister(mc, prommetrics.NewTrackers(&chats, "chat"))
 
-	move := func(r *tracking.Recorder, states ...tracking.MessageState) {
-		tr := tracking.NewMessageTracker()
-		r.Track(tr, time.Now())
-		for _, s := range states {
-			if err := tr.Transition(s, nil); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if tr.State() == tracking.DeliveredToRecipient && r == &rooms {
-			tr.Close() // a room ends tracking at the reflection
-		}
-	}
-	move(&rooms, tracking.DeliveredToServer, tracking.DeliveredToRecipient)
-	move(&rooms, tracking.DeliveredToServer, tracking.DeliveredToRecipient)
-	move(&rooms, tracking.DeliveredToServer)
-	move(&rooms, tracking.TimedOut)
-	move(&chats, tracking.DeliveredToRecipient)
-	move(&chats, tracking.SeenByRecipient)
-	move(&chats)
+	// A room ends tracking at the reflection.
+	hooktest.Drive(t, &rooms, tracking.DeliveredToServer, tracking.DeliveredToRecipient).Close()
+	hooktest.Drive(t, &rooms, tracking.DeliveredToServer, tracking.DeliveredToRecipient).Close()
+	hooktest.Drive(t, &rooms, tracking.DeliveredToServer)
+	hooktest.Drive(t, &rooms, tracking.TimedOut)
+	hooktest.Drive(t, &chats, tracking.DeliveredToRecipient)
+	hooktest.Drive(t, &chats, tracking.SeenByRecipient)
+	hooktest.Drive(t, &chats)
 
 	got := gather(t, reg)
 	for name, r := range map[string]*tracking.Recorder{"muc": &rooms, "chat": &chats} {
@@ -155,11 +145,10 @@ func TestTrackers(t *testing.T) {
 			"xmpptrack_trackers_delivered_total{" + l + "}":        float64(st.Delivered),
 			"xmpptrack_trackers_delivery_seconds_count{" + l + "}": float64(st.Delivered),
 		}
-		for s := range tracking.SeenByRecipient {
+		for _, s := range metrics.ActiveStates() {
 			want[fmt.Sprintf("xmpptrack_trackers_active{%s,state=%q}", l, s)] = float64(st.Active[s])
 		}
-		for _, s := range []tracking.MessageState{tracking.DeliveredToRecipient, tracking.SeenByRecipient,
-			tracking.Aborted, tracking.TimedOut, tracking.Closed, tracking.Error} {
+		for _, s := range metrics.OutcomeStates() {
 			want[fmt.Sprintf("xmpptrack_trackers_ended_total{%s,state=%q}", l, s)] = float64(st.Ended[s])
 		}
 		check(t, got, want)
