@@ -91,6 +91,8 @@ type Client struct {
 
 	closeOnce sync.Once
 	remove    func()
+
+	rec tracking.Recorder // counts the trackers handed out, for Stats
 }
 
 // NewClient attaches a client to s: from then on it reads every message the
@@ -141,7 +143,13 @@ func (c *Client) SendTrackedPayload(ctx context.Context, to jid.JID, payload xml
 	return c.sendTracked(ctx, to, buf.Bytes(), opts)
 }
 
-func (c *Client) sendTracked(ctx context.Context, to jid.JID, content []byte, opts []SendOption) (*tracking.MessageTracker, error) {
+func (c *Client) sendTracked(ctx context.Context, to jid.JID, content []byte, opts []SendOption) (tr *tracking.MessageTracker, err error) {
+	sent := time.Now()
+	defer func() {
+		if tr != nil {
+			c.rec.Track(tr, sent)
+		}
+	}()
 	if to.Domainpart() == "" {
 		return nil, errors.New("chat: send: no address")
 	}
@@ -199,6 +207,17 @@ func (c *Client) sendTracked(ctx context.Context, to jid.JID, content []byte, op
 // Pending returns how many sent messages the client remembers, and for how
 // many distinct addresses (see Matcher.Pending).
 func (c *Client) Pending() (messages, peers int) { return c.m.Pending() }
+
+// Stats returns a snapshot of the trackers the client handed out: how many
+// are under way, by state; how many ended, by outcome; the time from the
+// send call to DELIVERED_TO_RECIPIENT (see tracking.Stats). A send that
+// returned an error handed out no tracker and is not counted.
+func (c *Client) Stats() tracking.Stats { return c.rec.Stats() }
+
+// AddHook registers h to learn of the deliveries and outcomes of the
+// client's trackers as they happen (see tracking.Hook for where it runs);
+// the returned function removes it.
+func (c *Client) AddHook(h tracking.Hook) (remove func()) { return c.rec.AddHook(h) }
 
 // Close detaches the client from its stream and ends the tracking of every
 // remembered message: undelivered ones end CLOSED (a queued one is not

@@ -107,6 +107,13 @@
 // WithMessages hands each received message to a function of yours, on a
 // goroutine of the responder's, where it may call MarkDisplayed.
 //
+// # Metrics
+//
+// Client.Stats counts the trackers the client handed out: how many are
+// under way, by state; how many ended, by outcome; the time to
+// DELIVERED_TO_RECIPIENT (see tracking.Stats). Client.AddHook registers a
+// tracking.Hook that learns of each delivery and outcome as it happens.
+//
 // # Concurrency
 //
 // Client, Matcher and Responder are safe for concurrent use. Stanzas are

@@ -11,6 +11,7 @@ import (
 
 	xstanza "github.com/xmpptrack/xmpptrack/stanza"
 	"github.com/xmpptrack/xmpptrack/stream"
+	"github.com/xmpptrack/xmpptrack/tracking"
 )
 
 // DefaultTimeout is how long a tracked message waits for its reflection
@@ -119,6 +120,8 @@ type Client struct {
 	}
 
 	removeHandler, removeEvents func()
+
+	rec tracking.Recorder // counts the trackers handed out, for Stats
 }
 
 // NewClient attaches a MUC client to s. Close detaches it.
@@ -480,3 +483,15 @@ func (u mucUser) has(code string) bool {
 	}
 	return false
 }
+
+// Stats returns a snapshot of the trackers the client handed out, in all
+// its rooms: how many are under way, by state; how many ended, by outcome;
+// the time from the send call to DELIVERED_TO_RECIPIENT, the room's
+// reflection (see tracking.Stats). A send that returned an error handed out
+// no tracker and is not counted.
+func (c *Client) Stats() tracking.Stats { return c.rec.Stats() }
+
+// AddHook registers h to learn of the deliveries and outcomes of the
+// client's trackers as they happen (see tracking.Hook for where it runs);
+// the returned function removes it.
+func (c *Client) AddHook(h tracking.Hook) (remove func()) { return c.rec.AddHook(h) }

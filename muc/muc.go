@@ -62,6 +62,13 @@
 // says which (or TIMED_OUT). Leave ends them CLOSED at once, as does
 // Client.Close.
 //
+// # Metrics
+//
+// Client.Stats counts the trackers the client handed out in all its rooms: how many are
+// under way, by state; how many ended, by outcome; the time to
+// DELIVERED_TO_RECIPIENT (see tracking.Stats). Client.AddHook registers a
+// tracking.Hook that learns of each delivery and outcome as it happens.
+//
 // # Concurrency
 //
 // Client and Room are safe for concurrent use. Stanzas are matched on the

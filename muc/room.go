@@ -733,7 +733,13 @@ func encodePayload(payload xml.TokenReader) ([]byte, error) {
 	return buf, nil
 }
 
-func (r *Room) send(ctx context.Context, content []byte, opts []SendOption) (*tracking.MessageTracker, error) {
+func (r *Room) send(ctx context.Context, content []byte, opts []SendOption) (tr *tracking.MessageTracker, err error) {
+	sent := time.Now()
+	defer func() {
+		if tr != nil {
+			r.c.rec.Track(tr, sent)
+		}
+	}()
 	cfg := sendConfig{timeout: r.c.timeout}
 	for _, o := range opts {
 		o(&cfg)

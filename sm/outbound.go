@@ -73,6 +73,16 @@ func (o *Outbound[T]) AckedCount() uint32 { return o.acked }
 // Len returns the number of stanzas sent and not yet acknowledged.
 func (o *Outbound[T]) Len() int { return o.q.len() }
 
+// Oldest returns the oldest unacknowledged item, and false when there is
+// none. The stream reads it for the age of its oldest unacknowledged stanza.
+func (o *Outbound[T]) Oldest() (T, bool) {
+	if o.q.len() == 0 {
+		var zero T
+		return zero, false
+	}
+	return o.q.buf[o.q.head], true
+}
+
 // Unacked calls f for each unacknowledged item, oldest first. The stream
 // uses it to write them again after a resumption.
 func (o *Outbound[T]) Unacked(f func(T)) {

@@ -303,3 +303,25 @@ func TestOutboundRingClearsSlots(t *testing.T) {
 		t.Fatalf("buffer holds %d items, want the 5 unacknowledged", live)
 	}
 }
+
+func TestOutboundOldest(t *testing.T) {
+	var o Outbound[int]
+	if _, ok := o.Oldest(); ok {
+		t.Fatal("Oldest on an empty queue reports an item")
+	}
+	for i := 1; i <= 40; i++ { // past the ring's first growth
+		o.Sent(i)
+	}
+	for h := uint32(0); h < 40; h++ {
+		if _, err := o.Ack(h, nil); err != nil {
+			t.Fatal(err)
+		}
+		if v, ok := o.Oldest(); !ok || v != int(h)+1 {
+			t.Fatalf("after h=%d: Oldest = %d, %v; want %d", h, v, ok, h+1)
+		}
+	}
+	o.Ack(40, nil)
+	if _, ok := o.Oldest(); ok {
+		t.Fatal("Oldest after everything was acknowledged reports an item")
+	}
+}

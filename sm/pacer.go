@@ -110,18 +110,22 @@ func (p *Pacer) ServerRequested(now time.Time) {
 // everything sent. It takes a round-trip sample from the oldest outstanding
 // request, which that <a/> answers. An <a/> that leaves nothing
 // unacknowledged answers every request outstanding (a server may answer
-// several requests at once).
-func (p *Pacer) Acked(now time.Time, all bool) {
+// several requests at once). It returns the round trip sampled, with ok
+// false when the <a/> answered no request (none was outstanding), so that
+// the caller can keep statistics of its own.
+func (p *Pacer) Acked(now time.Time, all bool) (rtt time.Duration, ok bool) {
 	p.lastRead = now
 	p.confirmed = true
 	if p.reqN > 0 {
-		p.sample(now.Sub(p.reqs[p.reqHead]))
+		rtt, ok = max(now.Sub(p.reqs[p.reqHead]), 0), true
+		p.sample(rtt)
 		p.reqHead = (p.reqHead + 1) % maxOutstanding
 		p.reqN--
 	}
 	if all {
 		p.reqN = 0
 	}
+	return rtt, ok
 }
 
 // RequestNow makes the next Next send a request even with nothing

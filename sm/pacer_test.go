@@ -245,3 +245,24 @@ func TestPacerRTTEstimate(t *testing.T) {
 		t.Fatalf("DeadAfter with MinDead > MaxDead = %v, want MaxDead", d)
 	}
 }
+
+func TestPacerAckedReturnsSample(t *testing.T) {
+	p := NewPacer(testPace, t0, 0)
+	if _, ok := p.Acked(t0, true); ok {
+		t.Fatal("an <a/> with no request outstanding returned a sample")
+	}
+	p.Wrote(t0, 100)
+	if a := p.Next(t0, 100, false); !a.Request {
+		t.Fatalf("no request after RequestEvery stanzas: %+v", a)
+	}
+	rtt, ok := p.Acked(at(7*ms), true)
+	if !ok || rtt != 7*ms {
+		t.Fatalf("Acked = %v, %v; want 7ms, true", rtt, ok)
+	}
+	if s, _ := p.RTT(); s != rtt {
+		t.Fatalf("smoothed RTT %v after one sample %v", s, rtt)
+	}
+	if _, ok := p.Acked(at(8*ms), true); ok {
+		t.Fatal("a second <a/> for the same request returned a sample")
+	}
+}

@@ -23,6 +23,7 @@ type job struct {
 	tok *StanzaToken  // deliver the token's queued changes to its observers
 	el  *Element      // run the handlers on an inbound stanza
 	ev  *Event        // tell the event listeners
+	fn  func()        // run a hook (see Stream.AddHook)
 	ran chan struct{} // if not nil, closed once the job has run
 }
 

@@ -291,6 +291,26 @@ type Stats struct {
 	// DeadAfter its dead-link timeout (see Config.AckTimeout); both 0 while
 	// disconnected.
 	AckRTT, DeadAfter time.Duration
+
+	// ResumeRefused counts the resumptions the server refused with
+	// <failed/>; each was followed by a new session, also counted in
+	// NewSessions.
+	ResumeRefused int
+	// DeadLinks counts the connections taken for dead because an ack
+	// request went unanswered (ErrAckTimeout); they are counted in
+	// Disconnects too.
+	DeadLinks int
+	// OldestUnacked is how long ago the oldest stanza written and not yet
+	// acknowledged was first written (a stanza written again after a
+	// resumption keeps its first time); 0 when none is.
+	OldestUnacked time.Duration
+	// AckRTTSamples counts the ack round trips measured (from an <r/> to
+	// the <a/> that answered it), over every connection. AckRTTP50 and
+	// AckRTTP99 are the median and the 99th percentile (nearest rank) of
+	// the latest 256 of them; 0 before the first. Stream.AddHook learns of
+	// every sample.
+	AckRTTSamples        uint64
+	AckRTTP50, AckRTTP99 time.Duration
 }
 
 // Attempt records one reconnection attempt and its outcome.

@@ -176,14 +176,16 @@ func (s *Stream) writeLoop(c *conn) {
 		batch = batch[:n]
 
 		s.mu.Lock()
+		now := time.Now()
+		since := now.Sub(s.born)
 		for _, e := range batch {
 			if smOn {
+				e.sent = since
 				s.out.Sent(e)
 			}
 			buf = append(buf, e.b...)
 		}
 		s.stats.Sent += uint64(len(batch))
-		now := time.Now()
 		c.pace.Wrote(now, len(batch))
 		final := c.final
 		closing := c.closing && s.queue.len() == 0 && final == nil
@@ -383,11 +385,22 @@ func (s *Stream) ack(c *conn, h uint32) error {
 		s.mu.Unlock()
 		return s.protocolError(c, fmt.Errorf("%w: %w", ErrProtocol, err), sm.HandledCountTooHigh(h, sent))
 	}
-	c.pace.Acked(time.Now(), s.out.Len() == 0)
+	rtt, sampled := c.pace.Acked(time.Now(), s.out.Len() == 0)
+	var hooks []*Hook
+	if sampled {
+		hooks = s.sampleRTTLocked(rtt)
+	}
 	s.stats.Acked += uint64(n)
 	s.checkIdleLocked()
 	s.mu.Unlock()
 	c.wake()
+	if len(hooks) > 0 {
+		s.cb.push(job{fn: func() {
+			for _, h := range hooks {
+				(*h).AckRTT(rtt)
+			}
+		}}, s.runJob)
+	}
 	for i, e := range acked {
 		s.move(e.tok, TokenSent, TokenAcked, nil)
 		acked[i] = nil
@@ -462,6 +475,8 @@ func (s *Stream) runJob(j *job) {
 		s.handle(j.el)
 	case j.ev != nil:
 		s.tell(*j.ev)
+	case j.fn != nil:
+		j.fn()
 	}
 }
 

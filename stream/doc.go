@@ -81,12 +81,25 @@
 // most Config.QueueSize wait to be written; Send waits for room (or for its
 // context), or fails at once with ErrQueueFull in non-blocking mode.
 //
+// # Metrics
+//
+// Stats returns a snapshot of the stream's counters and gauges, copied
+// under its lock: connections, resumptions (and those refused), new
+// sessions, dead links, stanzas sent, acknowledged and received, the depth
+// of the queues and the age of the oldest unacknowledged stanza, the ack
+// round trip (smoothed, and the median and 99th percentile of the latest
+// samples). A Hook, registered with AddHook, learns of each round trip and
+// each connection event as it happens, on the callback goroutine. Nothing
+// is registered globally; the adapters for Prometheus and OpenTelemetry
+// live in their own packages (metrics/prommetrics, metrics/otelmetrics),
+// which this one does not import.
+//
 // # Concurrency and callbacks
 //
 // All methods are safe for concurrent use. A Stream runs three goroutines:
 // one that (re)connects, and per connection a reader and a writer. None of
 // them runs user code. Handlers (Handle, HandleElement), event listeners
-// (OnEvent) and the observers of the changes the stream
+// (OnEvent), hooks (AddHook) and the observers of the changes the stream
 // makes to tokens run on a fourth goroutine, the callback goroutine, one
 // callback at a time, in the order things happened; it exists only while
 // there is work for it. (A change the user makes, such as Abort, reaches

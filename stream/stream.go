@@ -16,6 +16,8 @@ import (
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 
+	"github.com/xmpptrack/xmpptrack/internal/notify"
+	"github.com/xmpptrack/xmpptrack/internal/quantile"
 	"github.com/xmpptrack/xmpptrack/sm"
 	xstanza "github.com/xmpptrack/xmpptrack/stanza"
 )
@@ -23,8 +25,9 @@ import (
 // entry is one outgoing stanza: its bytes, kept until the server
 // acknowledges it so that it can be written again after a resumption.
 type entry struct {
-	tok *StanzaToken
-	b   []byte
+	tok  *StanzaToken
+	b    []byte
+	sent time.Duration // when first written, since Stream.born; guarded by Stream.mu
 }
 
 // A Stream is a client's XMPP stream over mellium.im/xmpp that owns all of the
@@ -56,6 +59,9 @@ type Stream struct {
 	listeners  []*func(Event)
 	iqs        map[string]*pendingIQ
 	stats      Stats
+	rtts       quantile.Window // the latest ack round trips, for Stats
+	hooks      []*Hook         // see AddHook
+	born       time.Time       // the origin of entry.sent; set by Dial
 	ackScratch []*entry
 	unreadable unreadable // connections lost to input the decoder rejects
 
@@ -88,6 +94,7 @@ func Dial(ctx context.Context, cfg Config) (*Stream, error) {
 		cfg:     cfg,
 		log:     cfg.Logger,
 		iqs:     make(map[string]*pendingIQ),
+		born:    time.Now(),
 		closeCh: make(chan struct{}),
 		forceCh: make(chan struct{}),
 		ended:   make(chan struct{}),
@@ -139,14 +146,7 @@ func (s *Stream) Handle(h xmpp.Handler) (remove func()) {
 	return func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		// Copy on write: a dispatch in progress keeps the slice it read.
-		hs := make([]*handler, 0, len(s.handlers))
-		for _, x := range s.handlers {
-			if x != entry {
-				hs = append(hs, x)
-			}
-		}
-		s.handlers = hs
+		s.handlers = notify.Without(s.handlers, entry)
 	}
 }
 
@@ -188,13 +188,7 @@ func (s *Stream) OnEvent(f func(Event)) (remove func()) {
 	return func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		ls := make([]*func(Event), 0, len(s.listeners))
-		for _, l := range s.listeners {
-			if l != p {
-				ls = append(ls, l)
-			}
-		}
-		s.listeners = ls
+		s.listeners = notify.Without(s.listeners, p)
 	}
 }
 
@@ -375,10 +369,20 @@ func (s *Stream) Err() error {
 // final and every callback (observers, handlers, listeners) has run.
 func (s *Stream) Done() <-chan struct{} { return s.done }
 
-// Stats returns a snapshot of the stream's counters.
+// Stats returns a snapshot of the stream's counters: a copy, taken under the
+// stream's lock, that the caller owns.
 func (s *Stream) Stats() Stats {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	st := s.statsLocked()
+	rtts := s.rtts // a copy: the percentiles are computed after unlocking
+	s.mu.Unlock()
+	p := rtts.Percentiles(50, 99)
+	st.AckRTTP50, st.AckRTTP99 = p[0], p[1]
+	return st
+}
+
+// statsLocked is Stats without the percentiles. Called with s.mu held.
+func (s *Stream) statsLocked() Stats {
 	st := s.stats
 	st.Attempts = append([]Attempt(nil), s.stats.Attempts...)
 	st.Unacked = s.out.Len()
@@ -388,6 +392,9 @@ func (s *Stream) Stats() Stats {
 	if s.cur != nil {
 		st.AckRTT, _ = s.cur.pace.RTT()
 		st.DeadAfter = s.cur.pace.DeadAfter()
+	}
+	if e, ok := s.out.Oldest(); ok {
+		st.OldestUnacked = max(time.Since(s.born)-e.sent, 0)
 	}
 	return st
 }
@@ -463,6 +470,9 @@ func (s *Stream) run(c *conn) {
 		s.stats.LastErr = err
 		if !ended {
 			s.stats.Disconnects++
+		}
+		if errors.Is(err, ErrAckTimeout) {
+			s.stats.DeadLinks++
 		}
 		resume := c.resumable()
 		cause := error(nil)
@@ -591,6 +601,7 @@ func (s *Stream) reconnect(lost time.Time, resume bool, notResumed, cause error)
 		at.Outcome = ev.Kind.String()
 		if n.refused != nil {
 			at.Err = *n.refused
+			s.stats.ResumeRefused++
 		}
 		s.recordLocked(at)
 		s.mu.Unlock()

@@ -90,6 +90,15 @@
 // Reaching DELIVERED_TO_RECIPIENT or a final state stops and releases the
 // timer. Timers are time.AfterFunc timers: a tracker never owns a goroutine.
 //
+// # Metrics
+//
+// A Recorder counts a set of trackers (Stats: how many are under way, by
+// state; how many ended, by outcome; the time to DELIVERED_TO_RECIPIENT) and
+// tells its hooks (Hook) of each delivery and each end as it happens. The
+// room and chat clients keep one each, behind their Stats and AddHook
+// methods. The adapters for Prometheus and OpenTelemetry live in their own
+// packages (metrics/prommetrics, metrics/otelmetrics).
+//
 // # Concurrency
 //
 // All methods are safe for use by many goroutines at once; one mutex per

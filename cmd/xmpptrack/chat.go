@@ -98,5 +98,5 @@ func chatCommand(args []string, stdout, stderr io.Writer) error {
 	}
 	c := chat.NewClient(s, opts...)
 	defer c.Close()
-	return track(ctx, o.sendOptions, run.Chat(c, o.to), s, stdout)
+	return track(ctx, o.sendOptions, run.Chat(c, o.to), s, namedSource{"chat", c}, stdout, stderr)
 }

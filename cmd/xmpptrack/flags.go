@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -134,11 +135,12 @@ func (f *accountFlags) account(cmd string, stderr io.Writer) (run.Account, error
 // sendFlags are the flags of the commands that send tracked messages (muc,
 // chat), besides the account's and the addressee's.
 type sendFlags struct {
-	n, window  *int
-	body       *string
-	timeout    *time.Duration
-	json       *bool
-	cpuProfile *string
+	n, window   *int
+	body        *string
+	timeout     *time.Duration
+	json        *bool
+	cpuProfile  *string
+	metricsAddr *string
 }
 
 func addSendFlags(fs *flagSet) *sendFlags {
@@ -149,6 +151,8 @@ func addSendFlags(fs *flagSet) *sendFlags {
 		timeout:    fs.Duration("timeout", 30*time.Second, "per-message tracking timeout `DUR`, after which a message is TIMED_OUT"),
 		json:       fs.Bool("json", false, "write one JSON object per line: one per message at its outcome, then a summary"),
 		cpuProfile: fs.String("cpuprofile", "", "write a CPU profile of the run to `FILE`"),
+		metricsAddr: fs.String("metrics-addr", "", "serve Prometheus metrics at http://`HOST:PORT`/metrics while the command runs "+
+			"(port 0: any free port; the address is written to standard error)"),
 	}
 	fs.hide("cpuprofile")
 	return f
@@ -156,10 +160,11 @@ func addSendFlags(fs *flagSet) *sendFlags {
 
 // sendOptions are the parsed flags shared by muc and chat.
 type sendOptions struct {
-	account    run.Account
-	cfg        run.Config
-	json       bool
-	cpuProfile string
+	account     run.Account
+	cfg         run.Config
+	json        bool
+	cpuProfile  string
+	metricsAddr string
 }
 
 // options checks the flags; errors are usage errors that start with cmd.
@@ -173,11 +178,17 @@ func (f *sendFlags) options(cmd string, a run.Account) (sendOptions, error) {
 	case *f.timeout <= 0:
 		return bad("-timeout must be positive")
 	}
+	if *f.metricsAddr != "" {
+		if _, _, err := net.SplitHostPort(*f.metricsAddr); err != nil {
+			return bad(fmt.Sprintf("-metrics-addr %q: want host:port, e.g. 127.0.0.1:9464", *f.metricsAddr))
+		}
+	}
 	return sendOptions{
-		account:    a,
-		cfg:        run.Config{N: *f.n, Window: *f.window, Body: *f.body, Timeout: *f.timeout},
-		json:       *f.json,
-		cpuProfile: *f.cpuProfile,
+		account:     a,
+		cfg:         run.Config{N: *f.n, Window: *f.window, Body: *f.body, Timeout: *f.timeout},
+		json:        *f.json,
+		cpuProfile:  *f.cpuProfile,
+		metricsAddr: *f.metricsAddr,
 	}, nil
 }
 

@@ -33,7 +33,20 @@
 // then one summary line, whose latencies are from the send to the goal
 // (DELIVERED_TO_RECIPIENT, or SEEN_BY_RECIPIENT for chat -wait seen),
 //
-//	{"summary":{"sent":50,"states":{"DELIVERED_TO_RECIPIENT":50},"msgs_per_s":2900.1,"p50_ms":2.1,"p99_ms":6.3,"cpu_us_per_msg":21.4,"resumptions":0}}
+//	{"summary":{"sent":50,"states":{"DELIVERED_TO_RECIPIENT":50},"msgs_per_s":2900.1,"p50_ms":2.1,"p99_ms":6.3,"cpu_us_per_msg":21.4,"resumptions":0,
+//	 "stream":{"connections":1,"resumptions":0,"resumptions_refused":0,"new_sessions":0,"disconnects":0,"dead_links":0,
+//	 "stanzas_sent":52,"stanzas_acked":52,"stanzas_received":53,"unacked":0,"oldest_unacked_ms":0,
+//	 "ack_rtt_ms":1.2,"ack_rtt_p50_ms":1.1,"ack_rtt_p99_ms":3.4,"ack_rtt_samples":12}}}
+//
+// (one line), where "stream" is the stream's statistics at the end of the
+// run (stream.Stats).
+//
+// With -metrics-addr HOST:PORT, muc and chat serve Prometheus metrics at
+// http://HOST:PORT/metrics while they run (see package metrics/prommetrics):
+// the stream's counters (connections, resumptions, dead links…), its
+// queues and ack round trips, and the trackers by state and outcome. The
+// address it listens on is written to standard error, so that port 0 can
+// be used.
 //
 // Without -json it shows a live status line on a terminal, and plain lines
 // (one per outcome) otherwise, then a summary table. Run "xmpptrack muc -h"

@@ -200,6 +200,7 @@ func TestMUC(t *testing.T) {
 		"plain remote":   {"muc", "-plain", "-addr", "192.0.2.1:5222", "-jid", "alice@localhost", "-password", "x", "-room", room},
 		"negative n":     {"muc", "-jid", "alice@localhost", "-password", "x", "-room", room, "-n", "0"},
 		"stray argument": {"muc", "extra"},
+		"metrics addr":   {"muc", "-jid", "alice@localhost", "-password", "x", "-room", room, "-metrics-addr", "9464"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			checkOneLineError(t, runCmd(t, bin, bad...))

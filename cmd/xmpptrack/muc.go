@@ -71,7 +71,7 @@ func mucCommand(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer closeSession(sess)
-	return track(ctx, o.sendOptions, run.Room(sess.Room), sess.Stream, stdout)
+	return track(ctx, o.sendOptions, run.Room(sess.Room), sess.Stream, namedSource{"muc", sess.MUC}, stdout, stderr)
 }
 
 // login dials, logs in and joins the room, within loginTimeout.

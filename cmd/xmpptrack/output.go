@@ -232,6 +232,11 @@ func summaryTable(s run.Summary) string {
 	row("latency p50 / p99", "%.2f ms / %.2f ms (send to %s)", s.P50Ms, s.P99Ms, s.Goal)
 	row("client CPU", "%.1f µs per message", s.CPUMicrosPerMsg)
 	row("stream resumptions", "%d", s.Resumptions)
+	if st := s.Stream; st != nil {
+		row("stream connections", "%d (%d lost, %d dead links, %d resumptions refused, %d new sessions)",
+			st.Connections, st.Disconnects, st.DeadLinks, st.ResumeRefused, st.NewSessions)
+		row("ack round trip p50 / p99", "%.2f ms / %.2f ms (%d samples)", st.AckRTTP50Ms, st.AckRTTP99Ms, st.AckRTTSamples)
+	}
 	return b.String()
 }
 

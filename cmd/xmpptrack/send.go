@@ -14,8 +14,16 @@ import (
 
 // track sends the run's messages to target over s, printing to stdout as
 // it goes, and returns an error unless every message reached the run's
-// goal.
-func track(ctx context.Context, o sendOptions, target run.Target, s *stream.Stream, stdout io.Writer) error {
+// goal. clients is the room or chat client that sends them, named for the
+// metrics (-metrics-addr).
+func track(ctx context.Context, o sendOptions, target run.Target, s *stream.Stream, clients namedSource, stdout, stderr io.Writer) error {
+	if o.metricsAddr != "" {
+		stop, err := serveMetrics(o.metricsAddr, s, clients, stderr)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	if o.cpuProfile != "" {
 		f, err := os.Create(o.cpuProfile)
 		if err != nil {
@@ -28,6 +36,7 @@ func track(ctx context.Context, o sendOptions, target run.Target, s *stream.Stre
 		defer pprof.StopCPUProfile()
 	}
 	o.cfg.Resumptions = func() int { return s.Stats().Resumptions }
+	o.cfg.Stream = s.Stats
 	r := run.New(target, o.cfg)
 	out := newPrinter(stdout, o.json, isTerminal(stdout))
 	sum, err := out.run(ctx, r)

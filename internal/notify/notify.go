@@ -109,3 +109,16 @@ func (s *Serial[E]) Deliver(mu sync.Locker) {
 		done = d
 	}
 }
+
+// Without returns a new slice of the elements of xs other than x. Owners
+// keep their lists of observers, handlers and hooks copy-on-write with it,
+// so that a delivery in progress keeps the slice it read.
+func Without[T comparable](xs []T, x T) []T {
+	out := make([]T, 0, len(xs))
+	for _, y := range xs {
+		if y != x {
+			out = append(out, y)
+		}
+	}
+	return out
+}

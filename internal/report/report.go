@@ -10,6 +10,8 @@ import (
 	"math"
 	"slices"
 	"time"
+
+	"github.com/xmpptrack/xmpptrack/internal/quantile"
 )
 
 // Outcome is the line of one message.
@@ -30,6 +32,29 @@ type Summary struct {
 	P99Ms           float64        `json:"p99_ms"`
 	CPUMicrosPerMsg float64        `json:"cpu_us_per_msg"`
 	Resumptions     int            `json:"resumptions"`
+	// Stream is the stream's statistics at the end of the run; only
+	// xmpptrack's own client reports them.
+	Stream *Stream `json:"stream,omitempty"`
+}
+
+// Stream is the summary's view of a stream's statistics (stream.Stats):
+// counters over the stream's life, the queue and round trip at the end.
+type Stream struct {
+	Connections     int     `json:"connections"`
+	Resumptions     int     `json:"resumptions"`
+	ResumeRefused   int     `json:"resumptions_refused"`
+	NewSessions     int     `json:"new_sessions"`
+	Disconnects     int     `json:"disconnects"`
+	DeadLinks       int     `json:"dead_links"`
+	Sent            uint64  `json:"stanzas_sent"`
+	Acked           uint64  `json:"stanzas_acked"`
+	Received        uint64  `json:"stanzas_received"`
+	Unacked         int     `json:"unacked"`
+	OldestUnackedMs float64 `json:"oldest_unacked_ms"`
+	AckRTTMs        float64 `json:"ack_rtt_ms"`
+	AckRTTP50Ms     float64 `json:"ack_rtt_p50_ms"`
+	AckRTTP99Ms     float64 `json:"ack_rtt_p99_ms"`
+	AckRTTSamples   uint64  `json:"ack_rtt_samples"`
 }
 
 // Line is any line of the output: an outcome or, when Summary is set, the
@@ -84,12 +109,7 @@ func Summarize(sent int, states map[string]int, latencies []time.Duration, span,
 // Percentile returns the p-th percentile (0 to 100) of sorted by the
 // nearest-rank method, or 0 when sorted is empty.
 func Percentile(sorted []time.Duration, p float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	rank := int(math.Ceil(p / 100 * float64(len(sorted))))
-	rank = min(max(rank, 1), len(sorted))
-	return sorted[rank-1]
+	return quantile.Percentile(sorted, p)
 }
 
 // Millis returns d in milliseconds.

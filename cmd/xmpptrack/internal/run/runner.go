@@ -15,6 +15,7 @@ import (
 	"github.com/xmpptrack/xmpptrack/chat"
 	"github.com/xmpptrack/xmpptrack/internal/report"
 	"github.com/xmpptrack/xmpptrack/muc"
+	"github.com/xmpptrack/xmpptrack/stream"
 	"github.com/xmpptrack/xmpptrack/tracking"
 )
 
@@ -95,6 +96,9 @@ type Config struct {
 	// Resumptions, if set, reports how many times the stream resumed its
 	// session so far; the summary and the progress show it.
 	Resumptions func() int
+	// Stream, if set, returns the stream's statistics, which the summary
+	// carries (Summary.Stream) as they are at the end of the run.
+	Stream func() stream.Stats
 }
 
 // Outcome is how one message ended, as far as the run is concerned: the
@@ -309,6 +313,9 @@ func (r *Runner) Run(ctx context.Context, onOutcome func(Outcome)) (Summary, err
 	}
 	if r.cfg.Resumptions != nil {
 		sum.Resumptions = r.cfg.Resumptions()
+	}
+	if r.cfg.Stream != nil {
+		sum.Stream = streamReport(r.cfg.Stream())
 	}
 	if stopped {
 		return sum, fmt.Errorf("run: stopped: %w", ctx.Err())

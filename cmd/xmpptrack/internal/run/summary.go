@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/xmpptrack/xmpptrack/internal/report"
+	"github.com/xmpptrack/xmpptrack/stream"
 	"github.com/xmpptrack/xmpptrack/tracking"
 )
 
@@ -24,6 +25,28 @@ type Summary struct {
 // Delivered returns the number of messages that reached
 // DELIVERED_TO_RECIPIENT.
 func (s Summary) Delivered() int { return s.States[report.Delivered] }
+
+// streamReport is the summary's view of st.
+func streamReport(st stream.Stats) *report.Stream {
+	ms := func(d time.Duration) float64 { return report.Round(report.Millis(d), 3) }
+	return &report.Stream{
+		Connections:     st.Connections,
+		Resumptions:     st.Resumptions,
+		ResumeRefused:   st.ResumeRefused,
+		NewSessions:     st.NewSessions,
+		Disconnects:     st.Disconnects,
+		DeadLinks:       st.DeadLinks,
+		Sent:            st.Sent,
+		Acked:           st.Acked,
+		Received:        st.Received,
+		Unacked:         st.Unacked,
+		OldestUnackedMs: ms(st.OldestUnacked),
+		AckRTTMs:        ms(st.AckRTT),
+		AckRTTP50Ms:     ms(st.AckRTTP50),
+		AckRTTP99Ms:     ms(st.AckRTTP99),
+		AckRTTSamples:   st.AckRTTSamples,
+	}
+}
 
 // summarize computes a Summary; latencies are those of the messages that
 // reached the goal, cpu the process's CPU time over the run.
