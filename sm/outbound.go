@@ -102,6 +102,18 @@ func (o *Outbound[T]) Reset(f func(T)) {
 	o.sent, o.acked = 0, 0
 }
 
+// Restore sets up a session that another process began: acked is the h of
+// its latest acknowledgement, items the stanzas it wrote after that, in
+// order. Nothing may have been sent on o before.
+func (o *Outbound[T]) Restore(acked uint32, items []T) {
+	o.q = ring[T]{}
+	for _, it := range items {
+		o.q.push(it)
+	}
+	o.acked = acked
+	o.sent = acked + uint32(len(items))
+}
+
 // SetCounts starts the counters at the given values. It exists for tests of
 // the 32-bit wrap; a stream starts at zero.
 func (o *Outbound[T]) SetCounts(sent uint32) {

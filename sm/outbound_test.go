@@ -325,3 +325,18 @@ func TestOutboundOldest(t *testing.T) {
 		t.Fatal("Oldest after everything was acknowledged reports an item")
 	}
 }
+
+func TestOutboundRestore(t *testing.T) {
+	var o Outbound[int]
+	o.Restore(4294967294, seq(1, 3)) // across the wrap
+	checkCounts(t, &o, 1, 4294967294, 3)
+	if got, err := ack(t, &o, 0); err != nil || !slices.Equal(got, seq(1, 2)) {
+		t.Fatalf("Ack(0) after Restore = %v, %v; want %v", got, err, seq(1, 2))
+	}
+	if _, err := ack(t, &o, 2); !errors.Is(err, ErrHandledCountTooHigh) {
+		t.Fatalf("Ack(2) beyond the restored stanzas: %v, want ErrHandledCountTooHigh", err)
+	}
+	if u := unacked(&o); !slices.Equal(u, []int{3}) {
+		t.Fatalf("Unacked() = %v, want [3]", u)
+	}
+}
