@@ -3,7 +3,6 @@ package integration
 import (
 	"context"
 	"net"
-	"strconv"
 	"testing"
 	"time"
 
@@ -39,29 +38,10 @@ func srvServer(t *testing.T) *prosody.Server {
 // the addresses of both SRV targets.
 func srvDNS(t *testing.T) *dnstest.Server {
 	t.Helper()
-	dns, err := dnstest.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dns.Close() })
+	dns := dnstest.StartTB(t)
 	dns.SetA(startTLSHost)
 	dns.SetA(directTLSHost)
 	return dns
-}
-
-// record returns an SRV record for host on the port of addr
-// ("127.0.0.1:PORT"), with the given priority (lower is preferred).
-func record(t *testing.T, host, addr string, priority uint16) net.SRV {
-	t.Helper()
-	_, p, err := net.SplitHostPort(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	port, err := strconv.ParseUint(p, 10, 16)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return net.SRV{Target: host, Port: uint16(port), Priority: priority}
 }
 
 // none is the SRV record that says a service is not offered at all.
@@ -104,37 +84,37 @@ func sendAcked(t *testing.T, s *stream.Stream, body string) {
 	}
 }
 
-// TestSRVStartTLS checks that the stream follows the _xmpp-client._tcp record
-// of the JID's domain to a STARTTLS port, and logs in there.
-func TestSRVStartTLS(t *testing.T) {
+// TestSRVFindsServer checks that the stream follows the SRV records of the
+// JID's domain and logs in at their target: _xmpp-client._tcp to a STARTTLS
+// port, and _xmpps-client._tcp (XEP-0368) to Prosody's direct TLS port, which
+// speaks TLS from the first byte, so the stream logs in there without
+// STARTTLS. The other service is announced as not offered.
+func TestSRVFindsServer(t *testing.T) {
 	srv := srvServer(t)
-	dns := srvDNS(t)
-	c2s := proxyTo(t, srv.Addr())
-	dns.SetSRV("xmpps-client", "tcp", srv.Domain(), none)
-	dns.SetSRV("xmpp-client", "tcp", srv.Domain(), record(t, startTLSHost, c2s.Addr(), 0))
+	for _, tc := range []struct {
+		name     string
+		service  string // the one with a record; the other has none
+		host     string
+		upstream string
+	}{
+		{"starttls", "xmpp-client", startTLSHost, srv.Addr()},
+		{"direct-tls", "xmpps-client", directTLSHost, srv.DirectTLSAddr()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dns := srvDNS(t)
+			target := proxyTo(t, tc.upstream)
+			for _, service := range []string{"xmpp-client", "xmpps-client"} {
+				dns.SetSRV(service, "tcp", srv.Domain(), none)
+			}
+			dns.SetSRV(tc.service, "tcp", srv.Domain(), dnstest.SRV(t, tc.host, target.Addr(), 0))
 
-	s := dialStream(t, srv, "alice", lookedUp(dns, nil))
-	if n := c2s.Connections(); n != 1 {
-		t.Fatalf("the record's target got %d connections, want 1", n)
+			s := dialStream(t, srv, "alice", lookedUp(dns, nil))
+			if n := target.Connections(); n != 1 {
+				t.Fatalf("the record's target got %d connections, want 1", n)
+			}
+			sendAcked(t, s, "found by SRV")
+		})
 	}
-	sendAcked(t, s, "found by SRV")
-}
-
-// TestSRVDirectTLS checks that the stream follows the _xmpps-client._tcp
-// record (XEP-0368) to Prosody's direct TLS port, which speaks TLS from the
-// first byte: the stream logs in there without STARTTLS.
-func TestSRVDirectTLS(t *testing.T) {
-	srv := srvServer(t)
-	dns := srvDNS(t)
-	direct := proxyTo(t, srv.DirectTLSAddr())
-	dns.SetSRV("xmpps-client", "tcp", srv.Domain(), record(t, directTLSHost, direct.Addr(), 0))
-	dns.SetSRV("xmpp-client", "tcp", srv.Domain(), none)
-
-	s := dialStream(t, srv, "alice", lookedUp(dns, nil))
-	if n := direct.Connections(); n != 1 {
-		t.Fatalf("the direct TLS target got %d connections, want 1", n)
-	}
-	sendAcked(t, s, "over direct TLS")
 }
 
 // TestSRVLookedUpOnReconnect checks that every reconnection looks the server
@@ -147,7 +127,7 @@ func TestSRVLookedUpOnReconnect(t *testing.T) {
 	c2s := proxyTo(t, srv.Addr())
 	direct := proxyTo(t, srv.DirectTLSAddr())
 	dns.SetSRV("xmpps-client", "tcp", srv.Domain(), none)
-	dns.SetSRV("xmpp-client", "tcp", srv.Domain(), record(t, startTLSHost, c2s.Addr(), 10))
+	dns.SetSRV("xmpp-client", "tcp", srv.Domain(), dnstest.SRV(t, startTLSHost, c2s.Addr(), 10))
 
 	resumed := make(chan struct{}, 1)
 	s := dialStream(t, srv, "alice", lookedUp(dns, nil))
@@ -166,7 +146,7 @@ func TestSRVLookedUpOnReconnect(t *testing.T) {
 	srvName := "_xmpp-client._tcp." + srv.Domain()
 	before := dns.Count(srvName, "SRV")
 
-	dns.SetSRV("xmpps-client", "tcp", srv.Domain(), record(t, directTLSHost, direct.Addr(), 0))
+	dns.SetSRV("xmpps-client", "tcp", srv.Domain(), dnstest.SRV(t, directTLSHost, direct.Addr(), 0))
 	c2s.CutRaw()
 	select {
 	case <-resumed:
@@ -219,8 +199,8 @@ func TestSRVSkipsSilentTarget(t *testing.T) {
 			}
 		}
 	})
-	dns.SetSRV("xmpps-client", "tcp", srv.Domain(), record(t, directTLSHost, silent.Addr().String(), 0))
-	dns.SetSRV("xmpp-client", "tcp", srv.Domain(), record(t, startTLSHost, srv.Addr(), 10))
+	dns.SetSRV("xmpps-client", "tcp", srv.Domain(), dnstest.SRV(t, directTLSHost, silent.Addr().String(), 0))
+	dns.SetSRV("xmpp-client", "tcp", srv.Domain(), dnstest.SRV(t, startTLSHost, srv.Addr(), 10))
 
 	const timeout = 500 * time.Millisecond
 	begin := time.Now()

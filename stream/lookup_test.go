@@ -8,9 +8,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"net"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,32 +22,6 @@ import (
 	"github.com/xmpptrack/xmpptrack/internal/fakeserver"
 	"github.com/xmpptrack/xmpptrack/stream"
 )
-
-// startDNS starts a loopback DNS server, closed when the test ends.
-func startDNS(t *testing.T) *dnstest.Server {
-	t.Helper()
-	dns, err := dnstest.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dns.Close() })
-	return dns
-}
-
-// srvTo returns an SRV record whose target is host and whose port is that of
-// addr ("127.0.0.1:PORT").
-func srvTo(t *testing.T, host, addr string) net.SRV {
-	t.Helper()
-	_, p, err := net.SplitHostPort(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	port, err := strconv.ParseUint(p, 10, 16)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return net.SRV{Target: host, Port: uint16(port)}
-}
 
 // TestLookupFallsBackToDomain checks the fallback of RFC 6120 §3.2.1 and
 // XEP-0368: when the JID's domain has no SRV records, the stream dials the
@@ -69,7 +41,7 @@ func TestLookupFallsBackToDomain(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			dns := startDNS(t)
+			dns := dnstest.StartTB(t)
 			dns.SetA("fallback.example.test")
 			refused := errors.New("refused by the test")
 			var mu sync.Mutex
@@ -133,22 +105,15 @@ func TestLookupFallsBackToDomain(t *testing.T) {
 func TestLookupNotWithAddrOrDial(t *testing.T) {
 	for _, name := range []string{"addr", "dial"} {
 		t.Run(name, func(t *testing.T) {
-			dns := startDNS(t)
+			dns := dnstest.StartTB(t)
 			srv := fakeserver.New(t)
-			cfg := stream.Config{
-				JID:            account,
-				Password:       "secret",
-				AllowPlaintext: true,
-				Mechanisms:     []sasl.Mechanism{sasl.Plain},
-				Resolver:       dns.Resolver(),
-			}
+			cfg := lookupConfig(dns)
 			if name == "addr" {
 				cfg.Addr = srv.Addr()
 			} else {
 				cfg.Dial = srv.Dial
 			}
-			s := dialScriptedWith(t, cfg, srv)
-			defer s.Close(context.Background())
+			dialScriptedWith(t, cfg, srv)
 			if q := dns.Queries(); len(q) != 0 {
 				t.Errorf("DNS was asked %v", q)
 			}
@@ -156,34 +121,39 @@ func TestLookupNotWithAddrOrDial(t *testing.T) {
 	}
 }
 
-// dialScriptedWith dials cfg, plays the first connection on srv up to an
-// enabled stream management session with the id S1, and returns the stream.
-// The stream is closed when the test ends, the server first.
-func dialScriptedWith(t *testing.T, cfg stream.Config, srv *fakeserver.Server) *stream.Stream {
-	t.Helper()
-	type result struct {
-		s   *stream.Stream
-		err error
+// lookupConfig is the configuration of a stream that logs in to a scripted
+// server (plaintext, PLAIN) found through dns.
+func lookupConfig(dns *dnstest.Server) stream.Config {
+	return stream.Config{
+		JID:            account,
+		Password:       "secret",
+		AllowPlaintext: true,
+		Mechanisms:     []sasl.Mechanism{sasl.Plain},
+		Resolver:       dns.Resolver(),
 	}
-	ch := make(chan result, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-		defer cancel()
-		s, err := stream.Dial(ctx, cfg)
-		ch <- result{s, err}
-	}()
-	srv.Next(t).EnableSM(t, "S1")
-	r := <-ch
-	if r.err != nil {
-		t.Fatalf("Dial: %v", r.err)
+}
+
+// dialScriptedWith dials cfg, plays the first connection on srv up to an
+// enabled stream management session with the id S1, and returns the stream
+// and that connection. The stream is closed when the test ends, the server
+// first.
+func dialScriptedWith(t *testing.T, cfg stream.Config, srv *fakeserver.Server) (*stream.Stream, *fakeserver.Conn) {
+	t.Helper()
+	wait := dialAsync(cfg)
+	c := srv.Next(t)
+	c.EnableSM(t, "S1")
+	s, err := wait()
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
 	}
 	t.Cleanup(func() {
 		srv.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		defer cancel()
-		r.s.Close(ctx)
+		s.Close(ctx)
+		checkNoStreamGoroutines(t)
 	})
-	return r.s
+	return s, c
 }
 
 // TestLookupOnEveryReconnection checks that each reconnection looks the
@@ -191,57 +161,25 @@ func dialScriptedWith(t *testing.T, cfg stream.Config, srv *fakeserver.Server) *
 // while connected, the connection breaks, and the stream resumes its session
 // at the new target, where it goes on sending.
 func TestLookupOnEveryReconnection(t *testing.T) {
-	dns := startDNS(t)
+	dns := dnstest.StartTB(t)
 	dns.SetA("xmpp.example.test")
 	first, second := fakeserver.New(t), fakeserver.New(t)
 	second.OnResume(func(r fakeserver.Resume) string { return fakeserver.Resumed(r.PrevID, 0) })
 	const srvName = "_xmpp-client._tcp.example.test"
-	dns.SetSRV("xmpp-client", "tcp", "example.test", srvTo(t, "xmpp.example.test", first.Addr()))
+	dns.SetSRV("xmpp-client", "tcp", "example.test", dnstest.SRV(t, "xmpp.example.test", first.Addr(), 0))
 
 	events := make(chan stream.Event, 16)
-	cfg := stream.Config{
-		JID:            account,
-		Password:       "secret",
-		AllowPlaintext: true,
-		Mechanisms:     []sasl.Mechanism{sasl.Plain},
-		Resolver:       dns.Resolver(),
-		Backoff:        stream.Backoff{Min: 10 * time.Millisecond, Max: 50 * time.Millisecond},
-		AckTimeout:     5 * time.Second,
-		KeepAlive:      time.Minute,
-	}
-	type result struct {
-		s   *stream.Stream
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-		defer cancel()
-		s, err := stream.Dial(ctx, cfg)
-		ch <- result{s, err}
-	}()
-	c := first.Next(t)
-	c.EnableSM(t, "S1")
-	r := <-ch
-	if r.err != nil {
-		t.Fatalf("Dial: %v", r.err)
-	}
-	s := r.s
+	cfg := lookupConfig(dns)
+	cfg.Backoff = stream.Backoff{Min: 10 * time.Millisecond, Max: 50 * time.Millisecond}
+	s, c := dialScriptedWith(t, cfg, first)
 	s.OnEvent(func(ev stream.Event) { events <- ev })
-	t.Cleanup(func() {
-		first.Close()
-		second.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-		defer cancel()
-		s.Close(ctx)
-		checkNoStreamGoroutines(t)
-	})
+	t.Cleanup(second.Close) // before the stream's cleanup
 	lookups := dns.Count(srvName, "SRV")
 	if lookups == 0 {
 		t.Fatalf("Dial did not look up %s; queries: %v", srvName, dns.Queries())
 	}
 
-	dns.SetSRV("xmpp-client", "tcp", "example.test", srvTo(t, "xmpp.example.test", second.Addr()))
+	dns.SetSRV("xmpp-client", "tcp", "example.test", dnstest.SRV(t, "xmpp.example.test", second.Addr(), 0))
 	c.Reset()
 	c2 := second.Next(t)
 	if c2.Resume == nil || c2.Resume.PrevID != "S1" {

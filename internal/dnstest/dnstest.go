@@ -18,8 +18,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
+	"testing"
 
 	"golang.org/x/net/dns/dnsmessage"
 )
@@ -60,6 +62,18 @@ func Start() (*Server, error) {
 	return s, nil
 }
 
+// StartTB starts a server for a test or benchmark and closes it when tb
+// ends; an error fails tb.
+func StartTB(tb testing.TB) *Server {
+	tb.Helper()
+	s, err := Start()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	return s
+}
+
 // Addr returns the address the server listens on, "127.0.0.1:PORT".
 func (s *Server) Addr() string { return s.pc.LocalAddr().String() }
 
@@ -98,6 +112,22 @@ func (s *Server) SetSRV(service, proto, domain string, records ...net.SRV) {
 		return
 	}
 	s.srv[name] = append([]net.SRV(nil), records...)
+}
+
+// SRV returns an SRV record whose target is host and whose port is that of
+// addr ("127.0.0.1:PORT", say a listener's address), with the given priority
+// (lower is preferred). A malformed addr fails tb.
+func SRV(tb testing.TB, host, addr string, priority uint16) net.SRV {
+	tb.Helper()
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		tb.Fatalf("dnstest: %v", err)
+	}
+	port, err := strconv.ParseUint(p, 10, 16)
+	if err != nil {
+		tb.Fatalf("dnstest: port of %q: %v", addr, err)
+	}
+	return net.SRV{Target: host, Port: uint16(port), Priority: priority}
 }
 
 // SetA gives name an A record: 127.0.0.1, the only address this server

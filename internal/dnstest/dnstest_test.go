@@ -12,11 +12,7 @@ import (
 // SRV records, the "." target, A records for 127.0.0.1, NXDOMAIN otherwise,
 // and a record changed between two lookups.
 func TestResolver(t *testing.T) {
-	s, err := Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := StartTB(t)
 	r := s.Resolver()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
@@ -35,7 +31,7 @@ func TestResolver(t *testing.T) {
 		t.Fatalf("LookupHost = %v, %v; want [127.0.0.1]", addrs, err)
 	}
 
-	s.SetSRV("xmpp-client", "tcp", "example.test", net.SRV{Target: "xmpp.example.test", Port: 5300})
+	s.SetSRV("xmpp-client", "tcp", "example.test", SRV(t, "xmpp.example.test", "127.0.0.1:5300", 0))
 	if _, srvs, err = r.LookupSRV(ctx, "xmpp-client", "tcp", "example.test"); err != nil || len(srvs) != 1 || srvs[0].Port != 5300 {
 		t.Fatalf("LookupSRV after the change = %+v, %v; want port 5300", srvs, err)
 	}
