@@ -52,8 +52,9 @@ var (
 	ErrSerialize = errors.New("stream: cannot serialise stanza")
 )
 
-// Config says how a Stream connects and behaves. Only Dial (or Addr), JID and
-// Password are required; every other field has a default.
+// Config says how a Stream connects and behaves. Only JID, Password and
+// (unless AllowPlaintext is set) TLS are required; every other field has a
+// default: without Addr or Dial, the server is found in DNS.
 type Config struct {
 	// JID is the account. Its resourcepart is a hint that the server may
 	// ignore.
@@ -77,10 +78,11 @@ type Config struct {
 	// addresses of their targets when Addr and Dial are empty. Nil: the
 	// system's resolver.
 	Resolver *net.Resolver
-	// DialTimeout bounds each attempt of the stream's own dialing (not of
-	// Dial) to connect to one address, the TLS handshake of direct TLS
-	// included, so that an address that never answers (a filtered port)
-	// leaves time to try the next one DNS names. Default 10s.
+	// DialTimeout bounds each attempt to connect to one address when the
+	// stream dials by itself (Addr, or what DNS names; not a Dial of
+	// yours), the TLS handshake of direct TLS included, so that an address
+	// that never answers (a filtered port) leaves time to try the next one
+	// DNS names. Default 10s.
 	DialTimeout time.Duration
 	// TLS configures STARTTLS, and direct TLS (XEP-0368) for servers that
 	// announce it. It is required unless AllowPlaintext is set; ServerName
