@@ -191,7 +191,7 @@ func TestLookupOnEveryReconnection(t *testing.T) {
 			switch ev.Kind {
 			case stream.EventResumed:
 				resumed = true
-			case stream.EventDisconnected:
+			case stream.EventConnected, stream.EventDisconnected:
 			default:
 				t.Fatalf("unexpected event %v (%v) before the resumption", ev.Kind, ev.Err)
 			}
