@@ -75,9 +75,9 @@ func Example_readme() {
 		s, err := stream.Dial(ctx, stream.Config{
 			JID:      jid.MustParse("alice@example.net"),
 			Password: password,
-			// Empty: dial the JID's domain on port 5222, without SRV.
-			Addr: "xmpp.example.net:5222",
-			TLS:  &tls.Config{},
+			TLS:      &tls.Config{},
+			// No Addr: found from example.net's SRV records, as XMPP
+			// clients do. Addr: "xmpp.example.net:5222" names it instead.
 		})
 		if err != nil {
 			return err

@@ -4,12 +4,15 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"syscall"
 	"time"
 
 	"mellium.im/sasl"
+	"mellium.im/xmpp/dial"
 	"mellium.im/xmpp/jid"
 
 	"github.com/xmpptrack/xmpptrack/sm"
@@ -49,21 +52,43 @@ var (
 	ErrSerialize = errors.New("stream: cannot serialise stanza")
 )
 
-// Config says how a Stream connects and behaves. Only Dial (or Addr), JID and
-// Password are required; every other field has a default.
+// Config says how a Stream connects and behaves. Only JID, Password and
+// (unless AllowPlaintext is set) TLS are required; every other field has a
+// default: without Addr or Dial, the server is found in DNS.
 type Config struct {
 	// JID is the account. Its resourcepart is a hint that the server may
 	// ignore.
 	JID jid.JID
 	// Password for SASL SCRAM.
 	Password string
-	// Addr is the server's host:port, used when Dial is nil.
+	// Addr is the server's host:port, used when Dial is nil. Empty: the
+	// stream finds the server as XMPP clients do, from the SRV records of
+	// the JID's domain (_xmpps-client._tcp for direct TLS, then
+	// _xmpp-client._tcp), or else the domain itself on ports 5223 (direct
+	// TLS) and 5222, and looks them up again for every reconnection; see
+	// "Finding the server" in the package documentation.
 	Addr string
 	// Dial opens a new connection to the server. It is called for the first
-	// connection and for every reconnection. Nil dials Addr over TCP.
+	// connection and for every reconnection. Nil dials Addr over TCP, or,
+	// when Addr is empty, what the JID's domain announces in DNS. A Dial
+	// that returns a *tls.Conn connects with direct TLS: the stream does no
+	// STARTTLS on it.
 	Dial func(ctx context.Context) (net.Conn, error)
-	// TLS configures STARTTLS. It is required unless AllowPlaintext is set;
-	// ServerName defaults to the JID's domain.
+	// Resolver looks up the SRV records of the JID's domain and the
+	// addresses of their targets when Addr and Dial are empty. Nil: the
+	// system's resolver.
+	Resolver *net.Resolver
+	// DialTimeout bounds each attempt to connect to one address when the
+	// stream dials by itself (Addr, or what DNS names; not a Dial of
+	// yours), the TLS handshake of direct TLS included, so that an address
+	// that never answers (a filtered port) leaves time to try the next one
+	// DNS names. Default 10s.
+	DialTimeout time.Duration
+	// TLS configures STARTTLS, and direct TLS (XEP-0368) for servers that
+	// announce it. It is required unless AllowPlaintext is set; ServerName
+	// defaults to the JID's domain, and for direct TLS NextProtos to
+	// "xmpp-client". Without TLS (AllowPlaintext), the stream tries no
+	// direct TLS.
 	TLS *tls.Config
 	// AllowPlaintext lets the stream log in without TLS. Use it only on
 	// loopback (tests, fault-injection proxies).
@@ -122,6 +147,10 @@ type Config struct {
 
 	// Logger receives debug and warning logs. Default: discard.
 	Logger *slog.Logger
+
+	// dialControl, if set, is the Control function of the dialer that
+	// connects to what DNS announces: tests see each address it dials.
+	dialControl func(network, address string, c syscall.RawConn) error
 }
 
 // pacer is the ack timing of a connection, for sm.Pacer.
@@ -203,21 +232,51 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	if c.Dial == nil {
-		addr := c.Addr
-		if addr == "" {
-			addr = net.JoinHostPort(c.JID.Domainpart(), "5222")
-		}
-		c.Dial = func(ctx context.Context) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "tcp", addr)
-		}
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = 10 * time.Second
 	}
 	if c.TLS != nil && c.TLS.ServerName == "" {
 		c.TLS = c.TLS.Clone()
 		c.TLS.ServerName = c.JID.Domainpart()
 	}
+	switch {
+	case c.Dial != nil:
+	case c.Addr != "":
+		addr := c.Addr
+		d := &net.Dialer{Timeout: c.DialTimeout}
+		c.Dial = func(ctx context.Context) (net.Conn, error) {
+			return d.DialContext(ctx, "tcp", addr)
+		}
+	default:
+		c.Dial = c.lookupDial()
+	}
 	return c
+}
+
+// lookupDial returns a Dial function that finds the server of the JID's
+// domain with mellium's dial package each time it is called: the SRV records
+// of RFC 6120 §3.2.1 and XEP-0368, or the domain itself when it has none.
+// Targets of _xmpps-client._tcp records are dialed with direct TLS, using
+// c.TLS; without c.TLS none are tried.
+func (c *Config) lookupDial() func(ctx context.Context) (net.Conn, error) {
+	d := &dial.Dialer{NoTLS: c.TLS == nil}
+	d.Resolver = c.Resolver
+	d.Timeout = c.DialTimeout
+	d.Control = c.dialControl
+	if c.TLS != nil {
+		d.TLSConfig = c.TLS.Clone()
+		if len(d.TLSConfig.NextProtos) == 0 {
+			d.TLSConfig.NextProtos = []string{"xmpp-client"}
+		}
+	}
+	account := c.JID
+	return func(ctx context.Context) (net.Conn, error) {
+		conn, err := d.Dial(ctx, "tcp", account)
+		if err != nil {
+			return nil, fmt.Errorf("finding the server of %s: %w", account.Domainpart(), err)
+		}
+		return conn, nil
+	}
 }
 
 // EventKind says what happened to the connection.

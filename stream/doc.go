@@ -8,6 +8,29 @@
 // exact: the stream answers IQ requests that no handler answered itself, and
 // nothing is written behind its back.
 //
+// # Finding the server
+//
+// Config.Dial, when set, opens every connection; otherwise Config.Addr, when
+// set, is dialed over TCP. When both are empty the stream finds the server as
+// XMPP clients do, with mellium's dial package (mellium.im/xmpp/dial): it
+// looks up the SRV records of the JID's domain, _xmpps-client._tcp (XEP-0368:
+// TLS from the first byte) and _xmpp-client._tcp (RFC 6120 §3.2.1: STARTTLS),
+// and tries their targets in turn, direct TLS first, until one connects. The
+// domain itself stands in for a service without records (NXDOMAIN): port 5223
+// with direct TLS, port 5222 with STARTTLS; a lone record with the target "."
+// says that the domain offers no such service. (So a domain with only
+// _xmpp-client._tcp records is first tried with direct TLS on port 5223.)
+// Config.DialTimeout bounds each address tried, so that one that never answers
+// leaves time for the next. Direct TLS uses Config.TLS (with the ALPN protocol
+// "xmpp-client" unless NextProtos is set), and the stream then does no
+// STARTTLS; without TLS (AllowPlaintext) no direct TLS is tried. The lookup is
+// done again for every reconnection, so a server that moves is found where DNS
+// says it now is. Config.Resolver replaces the system's resolver for these
+// lookups.
+//
+// A resumption goes first to the location the server named in <enabled/>, if
+// any (see below), and falls back to the above.
+//
 // # Tokens
 //
 // Send returns a token at once. It moves through these states (see

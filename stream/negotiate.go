@@ -49,6 +49,8 @@ type negotiated struct {
 func negotiate(ctx context.Context, cfg *Config, conn net.Conn, prev *previous) (*negotiated, error) {
 	n := &negotiated{}
 	var features []xmpp.StreamFeature
+	// On a connection that is a *tls.Conn (direct TLS, XEP-0368) mellium
+	// starts out Secure, and StartTLS, prohibited once Secure, is skipped.
 	if cfg.TLS != nil {
 		features = append(features, xmpp.StartTLS(cfg.TLS))
 	}

@@ -81,27 +81,17 @@ func startWith(t *testing.T, edit func(*stream.Config), first func(*fakeserver.C
 	if edit != nil {
 		edit(&cfg)
 	}
-	type result struct {
-		s   *stream.Stream
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-		defer cancel()
-		s, err := stream.Dial(ctx, cfg)
-		ch <- result{s, err}
-	}()
+	wait := dialAsync(cfg)
 	h.c = h.srv.Next(t)
 	if h.c.Resume != nil {
 		t.Fatalf("first connection sent <resume/>: %+v", h.c.Resume)
 	}
 	first(h.c)
-	r := <-ch
-	if r.err != nil {
-		t.Fatalf("Dial: %v", r.err)
+	s, err := wait()
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
 	}
-	h.s = r.s
+	h.s = s
 	h.s.OnEvent(h.onEvent)
 	t.Cleanup(func() {
 		// Tear the server down first so that Close does not wait for it.
@@ -115,6 +105,27 @@ func startWith(t *testing.T, edit func(*stream.Config), first func(*fakeserver.C
 		t.Fatalf("Addr() = %v, want %s", h.s.Addr(), want)
 	}
 	return h
+}
+
+// dialAsync starts stream.Dial of cfg, with a deadline of waitFor, and
+// returns a function that waits for its outcome, so that the test can play
+// the server's side meanwhile.
+func dialAsync(cfg stream.Config) func() (*stream.Stream, error) {
+	type result struct {
+		s   *stream.Stream
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		defer cancel()
+		s, err := stream.Dial(ctx, cfg)
+		ch <- result{s, err}
+	}()
+	return func() (*stream.Stream, error) {
+		r := <-ch
+		return r.s, r.err
+	}
 }
 
 func (h *harness) onEvent(ev stream.Event) {

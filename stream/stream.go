@@ -2,6 +2,7 @@ package stream
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/xml"
 	"errors"
 	"fmt"
@@ -644,22 +645,30 @@ func (s *Stream) connect(ctx context.Context, prev *previous, dial func(context.
 	if err != nil {
 		return nil, nil, fmt.Errorf("stream: %w: %w", errDial, err)
 	}
+	// With direct TLS, raw is the TCP connection below TLS, as it is with
+	// STARTTLS: conn.fail resets it, where closing the *tls.Conn would
+	// first write a close_notify alert, which can block on a dead link.
+	raw := nc
+	if tc, ok := nc.(*tls.Conn); ok {
+		raw = tc.NetConn()
+	}
+	s.log.Debug("connected", "remote", nc.RemoteAddr(), "direct-tls", raw != nc)
 	// mellium watches ctx by setting a deadline in the past and clearing it
 	// at once, which a read already blocked can miss: close the connection
 	// when ctx ends, so that a server that stops answering cannot hold the
 	// negotiation (and Close) forever.
-	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	n, err := negotiate(ctx, &s.cfg, nc, prev)
 	if !stop() && err == nil {
 		err = fmt.Errorf("%w: %w", net.ErrClosed, ctx.Err())
 	}
 	if err != nil {
-		nc.Close()
+		raw.Close()
 		return nil, nil, fmt.Errorf("stream: negotiate: %w", err)
 	}
 	c := &conn{
 		nc:      n.sess.Conn(),
-		raw:     nc,
+		raw:     raw,
 		sess:    n.sess,
 		kick:    make(chan struct{}, 1),
 		dead:    make(chan struct{}),

@@ -90,7 +90,7 @@ type accountFlags struct {
 
 func addAccountFlags(fs *flagSet) *accountFlags {
 	return &accountFlags{
-		addr:     fs.String("addr", "", "server `host:port` (env XMPP_ADDR; default: the JID's domain on port 5222)"),
+		addr:     fs.String("addr", "", "server `host:port` (env XMPP_ADDR; default: found from the JID's domain's SRV records, or that domain on port 5222 with -plain)"),
 		jid:      fs.String("jid", "", "account `JID` (env XMPP_JID)"),
 		password: fs.String("password", "", "account password `PW` (env XMPP_PASSWORD)"),
 		plain:    fs.Bool("plain", false, "no TLS, even when the server offers STARTTLS (loopback addresses only)"),

@@ -32,10 +32,12 @@ const (
 	keyFile     = "localhost.key"
 )
 
-// layout is where a server keeps its files and which port it listens on.
+// layout is where a server keeps its files and which ports it listens on.
 type layout struct {
 	dir  string
 	port int
+	// directPort is the port for direct TLS (XEP-0368), 0 for none.
+	directPort int
 }
 
 func (l layout) path(elem ...string) string {
@@ -106,7 +108,12 @@ func (o Options) config(l layout) string {
 	w("")
 	w("c2s_interfaces = { \"127.0.0.1\" }")
 	w("c2s_ports = { %d }", l.port)
-	w("c2s_direct_tls_ports = { }")
+	if l.directPort != 0 {
+		w("c2s_direct_tls_interfaces = { \"127.0.0.1\" }")
+		w("c2s_direct_tls_ports = { %d }", l.directPort)
+	} else {
+		w("c2s_direct_tls_ports = { }")
+	}
 	w("legacy_ssl_ports = { }")
 	w("modules_disabled = %s", luaList(disabled))
 	w("modules_enabled = %s", luaList(enabled))
@@ -171,6 +178,12 @@ func luaList(ss []string) string {
 // clients on port.
 func activatedLine(port int) string {
 	return "Activated service 'c2s' on [127.0.0.1]:" + strconv.Itoa(port)
+}
+
+// directActivatedLine is the line Prosody logs (at level info) once it
+// listens for clients with direct TLS on port.
+func directActivatedLine(port int) string {
+	return "Activated service 'c2s_direct_tls' on [127.0.0.1]:" + strconv.Itoa(port)
 }
 
 // portInUse is logged (at level error) when Prosody cannot bind a port; it

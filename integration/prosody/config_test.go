@@ -101,6 +101,24 @@ func TestConfigOptions(t *testing.T) {
 	}
 }
 
+// TestConfigDirectTLS checks that a direct TLS port is configured only when
+// asked for, and then on loopback only.
+func TestConfigDirectTLS(t *testing.T) {
+	plain := Options{}.config(layout{dir: "/srv/p", port: 40123})
+	if !strings.Contains(plain, "c2s_direct_tls_ports = { }\n") || strings.Contains(plain, "c2s_direct_tls_interfaces") {
+		t.Errorf("config without direct TLS:\n%s", plain)
+	}
+	direct := Options{DirectTLS: true}.config(layout{dir: "/srv/p", port: 40123, directPort: 40124})
+	order(t, direct,
+		`c2s_interfaces = { "127.0.0.1" }`+"\n",
+		"c2s_ports = { 40123 }\n",
+		`c2s_direct_tls_interfaces = { "127.0.0.1" }`+"\n",
+		"c2s_direct_tls_ports = { 40124 }\n")
+	if t.Failed() {
+		t.Logf("config:\n%s", direct)
+	}
+}
+
 func TestLogLevel(t *testing.T) {
 	for _, ok := range []string{"", "debug", "info", "warn", "error"} {
 		if _, err := (Options{LogLevel: ok}).logLevel(); err != nil {

@@ -4,7 +4,8 @@
 // Each Server lives in its own temporary directory: configuration, data,
 // log, PID file, admin socket and a TLS certificate authority made at
 // start-up all stay there, and Stop removes it. The server listens for
-// clients on a free port of 127.0.0.1 only, serves the host "localhost" and,
+// clients on a free port of 127.0.0.1 only (and, with Options.DirectTLS, on
+// a second one for direct TLS), serves the host "localhost" and,
 // unless disabled, a Multi-User Chat service on "conference.localhost". It has
 // stream management (XEP-0198) and no rate limits. Clients reach it with
 // STARTTLS, verified against the generated CA (see Server.TLSConfig), and
@@ -87,6 +88,12 @@ type Options struct {
 	// LogLevel is the lowest level written to the log: "debug", "info",
 	// "warn" or "error". Empty means "info".
 	LogLevel string
+
+	// DirectTLS makes the server listen, on a second free port of
+	// 127.0.0.1, for clients that speak TLS from the first byte (XEP-0368,
+	// Prosody's c2s_direct_tls_ports), with the same certificate: see
+	// Server.DirectTLSAddr.
+	DirectTLS bool
 
 	// Binary is the prosody executable to run. Empty means "prosody" looked up
 	// in PATH, then /usr/bin/prosody.
@@ -190,6 +197,11 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 			return fail(err)
 		}
 		s.layout.port = port
+		if opts.DirectTLS {
+			if s.layout.directPort, err = freePortBut(port); err != nil {
+				return fail(err)
+			}
+		}
 		if err := os.WriteFile(s.layout.path(configFile), []byte(opts.config(s.layout)), 0o640); err != nil {
 			return fail(fmt.Errorf("prosody: writing configuration: %w", err))
 		}
@@ -212,6 +224,16 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// freePortBut is freePort, but never returns port.
+func freePortBut(port int) (int, error) {
+	for {
+		p, err := freePort()
+		if err != nil || p != port {
+			return p, err
+		}
+	}
 }
 
 // launch starts the prosody executable with the current configuration and
@@ -259,6 +281,7 @@ func (s *Server) waitReady(ctx context.Context, p *process, logPath string, logS
 	level, _ := s.opts.logLevel()
 	wantLine := level == "debug" || level == "info"
 	activated := []byte(activatedLine(s.layout.port))
+	directActivated := []byte(directActivatedLine(s.layout.directPort))
 	addr := s.Addr()
 	t := time.NewTicker(pollInterval)
 	defer t.Stop()
@@ -280,7 +303,8 @@ func (s *Server) waitReady(ctx context.Context, p *process, logPath string, logS
 		if bytes.Contains(log, []byte(portInUse)) {
 			return fmt.Errorf("prosody: port %d: %w", s.layout.port, errPortInUse)
 		}
-		if wantLine && !bytes.Contains(log, activated) {
+		if wantLine && (!bytes.Contains(log, activated) ||
+			s.layout.directPort != 0 && !bytes.Contains(log, directActivated)) {
 			last = notYet
 			continue
 		}
@@ -363,6 +387,15 @@ func (p *process) stop() {
 // Addr returns the address clients connect to, "127.0.0.1:PORT".
 func (s *Server) Addr() string {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.layout.port))
+}
+
+// DirectTLSAddr returns the address clients connect to with direct TLS
+// (XEP-0368), "127.0.0.1:PORT", or "" unless Options.DirectTLS is set.
+func (s *Server) DirectTLSAddr() string {
+	if s.layout.directPort == 0 {
+		return ""
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.layout.directPort))
 }
 
 // Domain returns the server's XMPP domain, "localhost".

@@ -115,6 +115,7 @@ func TestServer(t *testing.T) {
 		{srv.Password("alice"), "alice-secret"},
 		{srv.Password("bob"), "bob-secret"}, // localparts are normalized
 		{srv.Password("nobody"), ""},
+		{srv.DirectTLSAddr(), ""}, // no Options.DirectTLS
 	} {
 		if c.got != c.want {
 			t.Errorf("got %q, want %q", c.got, c.want)
@@ -226,6 +227,37 @@ func TestServer(t *testing.T) {
 			closeSession(s)
 		}
 	})
+}
+
+// TestDirectTLS checks the direct TLS port of Options.DirectTLS: TLS from the
+// first byte, verified against the server's CA, then a stream whose features
+// offer SASL and no STARTTLS. (TestServer checks that a server without the
+// option has no such port.)
+func TestDirectTLS(t *testing.T) {
+	srv := prosody.StartTB(t, prosody.Options{DirectTLS: true, NoMUC: true})
+	ctx := ctxTimeout(t, 30*time.Second)
+	addr := srv.DirectTLSAddr()
+	if host, port, err := net.SplitHostPort(addr); err != nil || host != "127.0.0.1" || addr == srv.Addr() {
+		t.Fatalf("DirectTLSAddr() = %q (port %s, %v), want 127.0.0.1:PORT other than Addr() %s", addr, port, err, srv.Addr())
+	}
+	d := tls.Dialer{Config: srv.TLSConfig()}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		t.Fatalf("TLS handshake on %s: %v", addr, err)
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	fmt.Fprint(c, `<?xml version='1.0'?><stream:stream to='localhost' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>`)
+	var got strings.Builder
+	r := bufio.NewReader(io.TeeReader(c, &got))
+	if err := readUntil(r, "</stream:features>"); err != nil {
+		t.Fatal(err)
+	}
+	if f := got.String(); !strings.Contains(f, "<mechanisms") || strings.Contains(f, "starttls") {
+		t.Errorf("features on the direct TLS port: want SASL and no STARTTLS, got %q", f)
+	}
 }
 
 func TestRestart(t *testing.T) {

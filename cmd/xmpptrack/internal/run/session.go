@@ -25,8 +25,9 @@ import (
 type Account struct {
 	JID      jid.JID
 	Password string
-	// Addr is the server's host:port; empty means the JID's domain on port
-	// 5222.
+	// Addr is the server's host:port. Empty: the stream finds the server
+	// from the SRV records of the JID's domain, as XMPP clients do (see
+	// stream.Config.Addr); with Plain, the JID's domain on port 5222.
 	Addr string
 	// Plain logs in without TLS even when the server offers STARTTLS. It is
 	// refused unless Addr is a loopback address.
@@ -38,12 +39,17 @@ type Account struct {
 	Logger *slog.Logger
 }
 
-// address returns the address to dial.
+// address returns the address to dial, or "" for the stream to find the
+// server in DNS. Plaintext needs an address to check for loopback: the JID's
+// domain on port 5222.
 func (a Account) address() string {
-	if a.Addr != "" {
+	switch {
+	case a.Addr != "":
 		return a.Addr
+	case a.Plain:
+		return net.JoinHostPort(a.JID.Domainpart(), "5222")
 	}
-	return net.JoinHostPort(a.JID.Domainpart(), "5222")
+	return ""
 }
 
 // Dial logs in and returns the stream. Its errors say in one line what went
@@ -51,7 +57,10 @@ func (a Account) address() string {
 // refused.
 func Dial(ctx context.Context, a Account) (*stream.Stream, error) {
 	addr := a.address()
-	if _, _, err := net.SplitHostPort(addr); err != nil {
+	where := addr // for errors
+	if addr == "" {
+		where = "the server of " + a.JID.Domainpart() + " (from DNS)"
+	} else if _, _, err := net.SplitHostPort(addr); err != nil {
 		return nil, fmt.Errorf("bad server address %q: want host:port", addr)
 	}
 	cfg := stream.Config{
@@ -85,7 +94,7 @@ func Dial(ctx context.Context, a Account) (*stream.Stream, error) {
 	}
 	s, err := stream.Dial(ctx, cfg)
 	if err != nil {
-		return nil, loginError(a.JID, addr, err)
+		return nil, loginError(a.JID, where, err)
 	}
 	return s, nil
 }
