@@ -121,6 +121,10 @@ var (
 // was closed.
 var ErrLeft = errors.New("muc: not in the room")
 
+// ErrBadIDs: the ids given with WithIDs are empty, not valid XML text, or in
+// use by a pending message of the room.
+var ErrBadIDs = errors.New("muc: unusable message ids")
+
 // ErrInvalidText is returned for a body that is not valid UTF-8 or holds
 // characters XML does not allow; nothing is sent.
 var ErrInvalidText = errors.New("muc: text not allowed in XML")

@@ -16,6 +16,7 @@ import (
 	"mellium.im/xmpp/stanza"
 
 	xstanza "github.com/xmpptrack/xmpptrack/stanza"
+	"github.com/xmpptrack/xmpptrack/outbox"
 	"github.com/xmpptrack/xmpptrack/stream"
 	"github.com/xmpptrack/xmpptrack/tracking"
 )
@@ -671,7 +672,17 @@ func (r *Room) forgetLocked(p *pending) {
 type SendOption func(*sendConfig)
 
 type sendConfig struct {
-	timeout time.Duration
+	timeout      time.Duration
+	id, originID string
+}
+
+// WithIDs sends the message with the given id and origin-id instead of new
+// ones: to send again, after a restart, a message whose earlier copy the
+// room's archive does not hold (see package reconcile), so that a receiver
+// that drops duplicates by origin-id can drop the copy. Both must be
+// non-empty and must not be in use by a pending message of the room.
+func WithIDs(id, originID string) SendOption {
+	return func(c *sendConfig) { c.id, c.originID = id, originID }
 }
 
 // Timeout overrides the client's default timeout for one message. Zero or
@@ -745,6 +756,12 @@ func (r *Room) send(ctx context.Context, content []byte, opts []SendOption) (tr 
 		o(&cfg)
 	}
 	id, originID := xstanza.NewID(), xstanza.NewID()
+	if cfg.id != "" || cfg.originID != "" {
+		if cfg.id == "" || cfg.originID == "" || !xstanza.ValidText(cfg.id) || !xstanza.ValidText(cfg.originID) {
+			return nil, fmt.Errorf("muc: send to %s: WithIDs(%q, %q): %w", r.key, cfg.id, cfg.originID, ErrBadIDs)
+		}
+		id, originID = cfg.id, cfg.originID
+	}
 	b := make([]byte, 0, 128+len(content)+len(r.key))
 	b = append(b, "<message type='groupchat' to='"...)
 	b = xstanza.AppendEscaped(b, r.key)
@@ -755,7 +772,32 @@ func (r *Room) send(ctx context.Context, content []byte, opts []SendOption) (tr 
 	b = append(b, "<origin-id xmlns='urn:xmpp:sid:0' id='"...)
 	b = append(b, originID...)
 	b = append(b, "'/></message>"...)
+	return r.track(ctx, id, originID, b, cfg, nil)
+}
 
+// Follow tracks a message of this room that an earlier process wrote and
+// that the stream restored from its outbox (stream.Stream.Restored): tok is
+// its token, originID its origin-id and b its stanza, as the outbox recorded
+// them. The tracker follows tok, and the room's reflection of the message,
+// if the resumed session brings it, makes it DELIVERED_TO_RECIPIENT as for
+// any message of the room. It returns an error wrapping ErrBadIDs when the
+// message is already pending.
+func (r *Room) Follow(tok *stream.StanzaToken, originID string, b []byte, opts ...SendOption) (*tracking.MessageTracker, error) {
+	cfg := sendConfig{timeout: r.c.timeout}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	tr, err := r.track(context.Background(), tok.ID(), originID, b, cfg, tok)
+	if err == nil {
+		r.c.rec.Track(tr, time.Now())
+	}
+	return tr, err
+}
+
+// track registers a message of the room and has its tracker follow it: tok
+// if given (a message already written), else a new token from the stream,
+// which track asks to send b.
+func (r *Room) track(ctx context.Context, id, originID string, b []byte, cfg sendConfig, tok *stream.StanzaToken) (*tracking.MessageTracker, error) {
 	t := tracking.NewMessageTracker(tracking.WithID(id))
 	p := &pending{r: r, t: t, id: id, originID: originID, b: b}
 	// The tracker follows the message's token through p: bound before the
@@ -771,11 +813,16 @@ func (r *Room) send(ctx context.Context, content []byte, opts []SendOption) (tr 
 		_ = t.Close()
 		return nil, fmt.Errorf("muc: send to %s: %w", r.key, ErrLeft)
 	}
+	if r.byID[id] != nil || r.byOrigin[originID] != nil {
+		r.mu.Unlock()
+		_ = t.Close()
+		return nil, fmt.Errorf("muc: send to %s: id %q or origin-id %q: %w", r.key, id, originID, ErrBadIDs)
+	}
 	r.seq++
 	p.seq = r.seq
 	r.byOrigin[originID] = p
 	r.byID[id] = p
-	hold := r.state == rejoining
+	hold := r.state == rejoining && tok == nil
 	if hold {
 		r.held = append(r.held, p)
 	} else {
@@ -790,7 +837,14 @@ func (r *Room) send(ctx context.Context, content []byte, opts []SendOption) (tr 
 	// Forget the message as soon as nothing the room sends can change it,
 	// and stop waiting for the stream when tracking ends first. The
 	// observer is told of the changes made before it registered too.
+	r.c.s.Note(r.record(p, tracking.InTransit, nil))
 	t.OnChange(func(c tracking.Change) {
+		switch {
+		case c.Ended:
+			r.c.s.NoteDone(r.record(p, c.To, c.Response))
+		case c.To != c.From:
+			r.c.s.Note(r.record(p, c.To, c.Response))
+		}
 		if c.To >= tracking.DeliveredToRecipient {
 			r.mu.Lock()
 			r.forgetLocked(p)
@@ -803,6 +857,10 @@ func (r *Room) send(ctx context.Context, content []byte, opts []SendOption) (tr 
 		}
 	})
 	if hold {
+		return t, nil
+	}
+	if tok != nil {
+		p.follow(tok)
 		return t, nil
 	}
 	tok, err := r.c.s.SendBytes(sctx, id, b)
@@ -1010,4 +1068,17 @@ type bytesWriter []byte
 func (b *bytesWriter) Write(p []byte) (int, error) {
 	*b = append(*b, p...)
 	return len(p), nil
+}
+
+// record is what the outbox keeps of p (see stream.Note) in state st, after
+// the response resp if any.
+func (r *Room) record(p *pending, st tracking.MessageState, resp *tracking.Response) outbox.Message {
+	m := outbox.Message{Key: p.id, OriginID: p.originID, To: r.key, Kind: outbox.Groupchat, Stanza: p.b, State: st.String()}
+	if resp != nil {
+		m.StanzaID = resp.StanzaID
+		if resp.Error != nil {
+			m.Reason = resp.Error.Error()
+		}
+	}
+	return m
 }

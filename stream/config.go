@@ -15,6 +15,7 @@ import (
 	"mellium.im/xmpp/dial"
 	"mellium.im/xmpp/jid"
 
+	"github.com/xmpptrack/xmpptrack/outbox"
 	"github.com/xmpptrack/xmpptrack/sm"
 )
 
@@ -145,6 +146,15 @@ type Config struct {
 	// further. Default 5m.
 	ResumeWindow time.Duration
 
+	// Outbox, if set, keeps the session durable across a restart of the
+	// process: every stanza is committed to it, with the XEP-0198 state,
+	// before its bytes reach the socket (one commit per batch the writer
+	// writes), and Note adds the records of the layers above to the same
+	// commits. Dial reads it first: if an earlier process left a session
+	// there that the server may still hold, the first connection resumes it
+	// and writes again what the server had not acknowledged (Restored). See
+	// package outbox for what survives what.
+	Outbox outbox.Store
 	// Logger receives debug and warning logs. Default: discard.
 	Logger *slog.Logger
 

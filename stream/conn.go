@@ -211,8 +211,17 @@ func (s *Stream) writeLoop(c *conn) {
 			buf = append(buf, ' ')
 		}
 		s.checkIdleLocked()
+		changes, commit := s.boxChangesLocked(batch)
 		s.mu.Unlock()
 
+		// Write ahead: the outbox holds the batch before its bytes can
+		// reach the server.
+		if commit {
+			if err := s.box.store.Commit(changes); err != nil {
+				c.fail(fmt.Errorf("%w: commit: %w", ErrOutbox, err))
+				return
+			}
+		}
 		if final != nil {
 			buf = append(buf, final...)
 		} else if closing {
@@ -245,7 +254,7 @@ func (s *Stream) writeLoop(c *conn) {
 			<-c.dead
 			return
 		}
-		if popped > 0 || len(buf) > 0 {
+		if popped > 0 || len(buf) > 0 || commit {
 			// Look for more before sleeping, also when every stanza taken
 			// had been aborted: they took the room of those behind them.
 			continue
@@ -391,6 +400,7 @@ func (s *Stream) ack(c *conn, h uint32) error {
 		hooks = s.sampleRTTLocked(rtt)
 	}
 	s.stats.Acked += uint64(n)
+	s.box.drop += n
 	s.checkIdleLocked()
 	s.mu.Unlock()
 	c.wake()
@@ -540,6 +550,7 @@ func isPing(el *Element) bool {
 // (queued ones TokenFailed, unacknowledged ones TokenDisconnected), waiting
 // senders and SendIQ callers are released. Called by run as it ends.
 func (s *Stream) finish(err error) {
+	s.commitFinal()
 	s.mu.Lock()
 	s.finished = true
 	s.err = err

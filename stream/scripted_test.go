@@ -45,6 +45,7 @@ type harness struct {
 	srv *fakeserver.Server
 	s   *stream.Stream
 	c   *fakeserver.Conn // the first connection
+	cfg stream.Config    // as dialled
 
 	mu     sync.Mutex
 	events []stream.Event
@@ -81,6 +82,7 @@ func startWith(t *testing.T, edit func(*stream.Config), first func(*fakeserver.C
 	if edit != nil {
 		edit(&cfg)
 	}
+	h.cfg = cfg
 	wait := dialAsync(cfg)
 	h.c = h.srv.Next(t)
 	if h.c.Resume != nil {

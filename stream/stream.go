@@ -66,7 +66,8 @@ type Stream struct {
 	ackScratch []*entry
 	unreadable unreadable // connections lost to input the decoder rejects
 
-	cb callbacks // runs observers, handlers and listeners
+	cb  callbacks   // runs observers, handlers and listeners
+	box outboxState // what the outbox is owed (guarded by mu)
 
 	closeOnce sync.Once
 	closeCh   chan struct{} // closed by Close: run must end
@@ -102,17 +103,33 @@ func Dial(ctx context.Context, cfg Config) (*Stream, error) {
 		done:    make(chan struct{}),
 	}
 	s.base, s.cancel = context.WithCancel(context.Background())
-	c, n, err := s.connect(ctx, nil, s.cfg.Dial)
+	var prev *previous
+	if cfg.Outbox != nil {
+		s.box.store = cfg.Outbox
+		st, err := cfg.Outbox.Load()
+		if err != nil {
+			s.cancel()
+			return nil, fmt.Errorf("%w: load: %w", ErrOutbox, err)
+		}
+		if prev, err = s.restore(st); err != nil {
+			s.cancel()
+			return nil, err
+		}
+	}
+	c, n, err := s.connect(ctx, prev, s.cfg.Dial)
 	if err != nil {
 		s.cancel()
 		return nil, err
 	}
 	s.mu.Lock()
-	_, settle := s.startSession(n, nil)
+	ev, settle := s.startSession(n, fmt.Errorf("%w: the session of an earlier process could not be resumed", ErrConnectionLost))
 	s.stats.Connections++
 	s.mu.Unlock()
 	settle()
-	s.emit(Event{Kind: EventConnected, Addr: s.Addr()})
+	if ev.Kind == EventConnected || len(s.box.restored) == 0 && prev == nil {
+		ev = Event{Kind: EventConnected, Addr: s.Addr()}
+	}
+	s.emit(ev)
 	go s.run(c)
 	return s, nil
 }
@@ -465,7 +482,7 @@ func (s *Stream) run(c *conn) {
 	}()
 	for {
 		err := s.serve(c)
-		ended := errors.Is(err, ErrClosed) || errors.Is(err, ErrProtocol)
+		ended := errors.Is(err, ErrClosed) || errors.Is(err, ErrProtocol) || errors.Is(err, ErrOutbox)
 		s.mu.Lock()
 		s.cur = nil
 		s.stats.LastErr = err
@@ -699,6 +716,7 @@ func (s *Stream) startSession(n *negotiated, notResumed error) (Event, func()) {
 		// reconnect has checked that h is not beyond what was sent.
 		k, _ := s.out.Ack(n.h, collect)
 		ev.Acked = k
+		s.box.drop += k
 		ev.Resent = s.out.Len()
 		s.stats.Resumptions++
 		s.stats.Acked += uint64(k)
@@ -733,6 +751,7 @@ func (s *Stream) startSession(n *negotiated, notResumed error) (Event, func()) {
 			ev.Kind = EventConnected
 		}
 		s.in = 0
+		s.box.reset = s.box.store != nil
 		s.smOn, s.smID, s.smMax, s.smLoc = false, "", 0, ""
 		if n.enabled != nil {
 			s.smOn = true
