@@ -15,8 +15,8 @@ import (
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 
-	xstanza "github.com/xmpptrack/xmpptrack/stanza"
 	"github.com/xmpptrack/xmpptrack/outbox"
+	xstanza "github.com/xmpptrack/xmpptrack/stanza"
 	"github.com/xmpptrack/xmpptrack/stream"
 	"github.com/xmpptrack/xmpptrack/tracking"
 )

@@ -18,10 +18,10 @@ var ErrOutbox = errors.New("stream: outbox")
 
 // outboxState is what the stream owes its outbox. Guarded by Stream.mu.
 type outboxState struct {
-	store    outbox.Store
-	drop     int  // stanzas acknowledged since the last commit
-	reset    bool // a new session began since the last commit
-	notes    []outbox.Message
+	store outbox.Store
+	drop  int  // stanzas acknowledged since the last commit
+	reset bool // a new session began since the last commit
+	notes []outbox.Message
 	// live holds the latest record of each message noted and not done:
 	// the stream owns its Written and SentAt, set in the commit that holds
 	// the stanza's bytes.
