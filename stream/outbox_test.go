@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"mellium.im/sasl"
+
 	"github.com/xmpptrack/xmpptrack/internal/fakeserver"
 	"github.com/xmpptrack/xmpptrack/outbox"
 	"github.com/xmpptrack/xmpptrack/stream"
@@ -251,12 +253,14 @@ func TestScriptedOutboxNoteWritten(t *testing.T) {
 	h.c.Stanzas(t, 1)
 	h.s.Note(outbox.Message{Key: "m1", OriginID: "o1", Kind: outbox.Groupchat, State: "IN_TRANSIT"})
 	h.send("m1")
-	deadline := time.Now().Add(waitFor)
-	for r := record("m1"); r.State != "IN_TRANSIT"; r = record("m1") {
+	for deadline := time.Now().Add(waitFor); ; time.Sleep(time.Millisecond) {
+		st, _ := g.Load()
+		if len(st.Messages) > 0 {
+			break
+		}
 		if time.Now().After(deadline) {
 			t.Fatal("the note was not committed")
 		}
-		time.Sleep(time.Millisecond)
 	}
 	if r := record("m1"); r.Written {
 		t.Fatalf("m1 recorded written while it waits in the queue: %+v", r)
@@ -275,4 +279,54 @@ func TestScriptedOutboxNoteWritten(t *testing.T) {
 	if r := record("m1"); !r.Written || r.State != "DELIVERED_TO_RECIPIENT" {
 		t.Fatalf("the last record of m1: %+v, want written and delivered", r)
 	}
+}
+
+// TestScriptedNewThenConnect: handlers registered between New and Connect
+// see the very first stanza the server sends; a stream closed before
+// Connect never connects.
+func TestScriptedNewThenConnect(t *testing.T) {
+	srv := fakeserver.New(t)
+	cfg := stream.Config{JID: account, Password: "secret", AllowPlaintext: true,
+		Mechanisms: []sasl.Mechanism{sasl.Plain}, Dial: srv.Dial}
+	s, err := stream.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := make(chan string, 1)
+	s.HandleElement(func(el *stream.Element) { seen <- el.Attr("id") })
+	errc := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		defer cancel()
+		errc <- s.Connect(ctx)
+	}()
+	c := srv.Next(t)
+	c.EnableSM(t, "S1")
+	c.Write(t, serverMessage("first"))
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case id := <-seen:
+		if id != "first" {
+			t.Fatalf("handler saw %q first", id)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("the handler never saw the first stanza")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	s.Close(ctx)
+
+	s2, err := stream.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.Close(context.Background()); err != nil {
+		t.Fatalf("Close before Connect: %v", err)
+	}
+	if err := s2.Connect(context.Background()); !errors.Is(err, stream.ErrClosed) {
+		t.Fatalf("Connect after Close: %v, want ErrClosed", err)
+	}
+	waitDone(t, s2)
 }

@@ -52,6 +52,8 @@ type Stream struct {
 	addr       jid.JID       // the bound full JID
 	cur        *conn         // the live connection, nil while reconnecting
 	closing    bool          // Close was called: Send refuses
+	connecting bool          // Connect was called
+	prev       *previous     // the session restored from the outbox, to resume
 	finished   bool          // run has ended; err says why
 	err        error
 	room       chan struct{} // closed when the queue shrinks; made on demand
@@ -83,8 +85,23 @@ type Stream struct {
 // (when the server offers it), then returns a Stream that keeps itself
 // connected until Close. Errors of the first connection are returned as they
 // are (unreachable server, TLS, wrong password); later ones are handled by
-// reconnecting.
+// reconnecting. Dial is New followed by Connect.
 func Dial(ctx context.Context, cfg Config) (*Stream, error) {
+	s, err := New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Connect(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// New returns a Stream that is not connected yet: register handlers,
+// listeners and the layers above (which then see every stanza from the
+// first), follow the stanzas restored from Config.Outbox (Restored), then
+// call Connect. Stanzas sent before Connect wait in the queue.
+func New(cfg Config) (*Stream, error) {
 	if cfg.JID.Equal(jid.JID{}) {
 		return nil, errors.New("stream: Config.JID is required")
 	}
@@ -103,7 +120,6 @@ func Dial(ctx context.Context, cfg Config) (*Stream, error) {
 		done:    make(chan struct{}),
 	}
 	s.base, s.cancel = context.WithCancel(context.Background())
-	var prev *previous
 	if cfg.Outbox != nil {
 		s.box.store = cfg.Outbox
 		st, err := cfg.Outbox.Load()
@@ -111,27 +127,56 @@ func Dial(ctx context.Context, cfg Config) (*Stream, error) {
 			s.cancel()
 			return nil, fmt.Errorf("%w: load: %w", ErrOutbox, err)
 		}
-		if prev, err = s.restore(st); err != nil {
+		if s.prev, err = s.restore(st); err != nil {
 			s.cancel()
 			return nil, err
 		}
 	}
+	return s, nil
+}
+
+// Connect makes the first connection of a Stream made by New: it logs in
+// and resumes the session restored from the outbox, or binds a resource and
+// enables stream management. It may be called once. When it fails, the
+// stream has ended (its tokens are final) and the outbox is left as it was,
+// so that a later process may still resume the session.
+func (s *Stream) Connect(ctx context.Context) error {
+	s.mu.Lock()
+	if s.connecting || s.closing {
+		s.mu.Unlock()
+		return fmt.Errorf("stream: connect: %w", ErrClosed)
+	}
+	s.connecting = true
+	prev := s.prev
+	s.mu.Unlock()
 	c, n, err := s.connect(ctx, prev, s.cfg.Dial)
 	if err != nil {
-		s.cancel()
-		return nil, err
+		s.abandon(err)
+		return err
 	}
 	s.mu.Lock()
 	ev, settle := s.startSession(n, fmt.Errorf("%w: the session of an earlier process could not be resumed", ErrConnectionLost))
 	s.stats.Connections++
+	restored := len(s.box.restored) > 0 || prev != nil
 	s.mu.Unlock()
 	settle()
-	if ev.Kind == EventConnected || len(s.box.restored) == 0 && prev == nil {
+	if ev.Kind == EventConnected || !restored {
 		ev = Event{Kind: EventConnected, Addr: s.Addr()}
 	}
 	s.emit(ev)
 	go s.run(c)
-	return s, nil
+	return nil
+}
+
+// abandon ends a stream that never ran: like finish, but the outbox keeps
+// the session it holds.
+func (s *Stream) abandon(err error) {
+	s.mu.Lock()
+	s.box.store = nil
+	s.mu.Unlock()
+	s.finish(err)
+	close(s.ended)
+	s.cb.finish(s.done)
 }
 
 // Addr returns the full JID the session is bound to.
@@ -431,6 +476,13 @@ func (s *Stream) statsLocked() Stats {
 func (s *Stream) Close(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
+	if !s.connecting {
+		// Never connected: nothing to send or to wait for.
+		s.connecting = true
+		s.mu.Unlock()
+		s.abandon(ErrClosed)
+		return nil
+	}
 	var idle chan struct{}
 	if !s.finished && (s.queue.len() > 0 || (s.smOn && s.out.Len() > 0)) {
 		if s.idle == nil {
