@@ -234,6 +234,37 @@ func (c *Client) Join(ctx context.Context, room jid.JID, nick string, opts ...Jo
 	return r, nil
 }
 
+// Adopt returns the room as joined without sending a join presence: for a
+// process that resumes, from the stream's outbox, the session of an earlier
+// process that had joined the room as nick (the server kept the session,
+// and with it the occupant). Call it between stream.New and Connect, so that
+// the room sees the reflections the resumed session brings at once. If the
+// session cannot be resumed, the stream starts a new one and the room joins
+// again by itself, as after any new session (EventRejoined).
+func (c *Client) Adopt(room jid.JID, nick string) (*Room, error) {
+	if room.Localpart() == "" || room.Resourcepart() != "" {
+		return nil, fmt.Errorf("muc: %q is not a room's bare JID", room)
+	}
+	occupant, err := room.WithResource(nick)
+	if err != nil || nick == "" {
+		return nil, fmt.Errorf("muc: bad nick %q: %v", nick, err)
+	}
+	r := newRoom(c, occupant, joinConfig{})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrLeft
+	}
+	if _, dup := c.rooms[r.key]; dup {
+		return nil, fmt.Errorf("muc: already in %s", r.key)
+	}
+	r.mu.Lock()
+	r.state = joined
+	r.mu.Unlock()
+	c.rooms[r.key] = r
+	return r, nil
+}
+
 // Room returns the room with the given bare JID that the client has joined
 // (or is joining), compared as XMPP compares JIDs.
 func (c *Client) Room(addr jid.JID) (*Room, bool) {

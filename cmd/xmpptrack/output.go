@@ -56,6 +56,7 @@ type outcomeLine struct {
 	State     string  `json:"state"`
 	LatencyMs float64 `json:"latency_ms"`
 	Error     string  `json:"error,omitempty"`
+	Earlier   bool    `json:"earlier,omitempty"`
 }
 
 type summaryLine struct {
@@ -134,6 +135,9 @@ func appendOutcomeJSON(b []byte, o run.Outcome) []byte {
 	if o.Err != nil {
 		b = append(b, `,"error":`...)
 		b = appendJSONString(b, o.Err.Error())
+	}
+	if o.Earlier {
+		b = append(b, `,"earlier":true`...)
 	}
 	return append(b, "}\n"...)
 }

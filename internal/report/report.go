@@ -21,6 +21,7 @@ type Outcome struct {
 	State     string  `json:"state"`
 	LatencyMs float64 `json:"latency_ms"`
 	Error     string  `json:"error,omitempty"`
+	Earlier   bool    `json:"earlier,omitempty"`
 }
 
 // Summary is the body of the summary line.

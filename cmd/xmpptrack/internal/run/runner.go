@@ -22,10 +22,10 @@ import (
 // Target is where a Runner sends its messages: a room (Room) or the
 // addressee of one-to-one messages (Chat).
 type Target interface {
-	// Send sends one message and returns its tracker. A positive timeout
-	// is the message's tracking timeout; zero or less leaves the target's
-	// default.
-	Send(ctx context.Context, body string, timeout time.Duration) (*tracking.MessageTracker, error)
+	// Send sends message index (counted from 0) and returns its tracker. A
+	// positive timeout is the message's tracking timeout; zero or less
+	// leaves the target's default.
+	Send(ctx context.Context, index int, body string, timeout time.Duration) (*tracking.MessageTracker, error)
 	// Proof names what shows that the recipient has a message, for the
 	// error of a message TIMED_OUT, e.g. "reflection from the room".
 	Proof() string
@@ -41,7 +41,7 @@ func Room(r MUCRoom) Target { return roomTarget{r} }
 
 type roomTarget struct{ r MUCRoom }
 
-func (t roomTarget) Send(ctx context.Context, body string, timeout time.Duration) (*tracking.MessageTracker, error) {
+func (t roomTarget) Send(ctx context.Context, _ int, body string, timeout time.Duration) (*tracking.MessageTracker, error) {
 	if timeout > 0 {
 		return t.r.SendTrackedMessage(ctx, body, muc.Timeout(timeout))
 	}
@@ -60,7 +60,7 @@ type chatTarget struct {
 	to jid.JID
 }
 
-func (t chatTarget) Send(ctx context.Context, body string, timeout time.Duration) (*tracking.MessageTracker, error) {
+func (t chatTarget) Send(ctx context.Context, _ int, body string, timeout time.Duration) (*tracking.MessageTracker, error) {
 	if timeout > 0 {
 		return t.c.SendTracked(ctx, t.to, body, chat.Timeout(timeout))
 	}
@@ -99,6 +99,11 @@ type Config struct {
 	// Stream, if set, returns the stream's statistics, which the summary
 	// carries (Summary.Stream) as they are at the end of the run.
 	Stream func() stream.Stats
+	// Known holds the outcomes of messages, by index, that this run does
+	// not send: established by an earlier run of the same job (Earlier set)
+	// or decided before the run (from the server's archive). Run reports
+	// them first and counts them in the summary.
+	Known map[int]Outcome
 }
 
 // Outcome is how one message ended, as far as the run is concerned: the
@@ -116,6 +121,8 @@ type Outcome struct {
 	// be sent, or that it fell short of the goal in time. Nil when the goal
 	// was reached.
 	Err error
+	// Earlier says that an earlier run of the job established the outcome.
+	Earlier bool
 }
 
 // Progress is a snapshot of a run under way.
@@ -144,6 +151,7 @@ type Runner struct {
 	states   map[tracking.MessageState]int
 	outcomes []Outcome // delivered to the caller in order, then cleared
 	done     int
+	known    int           // outcomes of Config.Known, counted in sent and done
 	signal   chan struct{} // a value when outcomes has new entries
 }
 
@@ -223,6 +231,16 @@ func (r *Runner) Run(ctx context.Context, onOutcome func(Outcome)) (Summary, err
 	go func() {
 		defer close(sendDone)
 		for i := range r.cfg.N {
+			if o, ok := r.cfg.Known[i]; ok {
+				o.Index = i
+				o.Reached = meets(o.State, r.cfg.Goal)
+				r.mu.Lock()
+				r.sent++
+				r.known++
+				r.mu.Unlock()
+				r.record(o)
+				continue
+			}
 			select {
 			case slots <- struct{}{}:
 			case <-ctx.Done():
@@ -239,7 +257,7 @@ func (r *Runner) Run(ctx context.Context, onOutcome func(Outcome)) (Summary, err
 			}
 			r.sent++
 			r.mu.Unlock()
-			tr, err := r.target.Send(ctx, body, r.cfg.Timeout)
+			tr, err := r.target.Send(ctx, i, body, r.cfg.Timeout)
 			if err != nil {
 				// Nothing was sent: the message never left.
 				r.record(Outcome{Index: i, State: tracking.Aborted, Latency: time.Since(t0), Err: err})
@@ -261,6 +279,12 @@ func (r *Runner) Run(ctx context.Context, onOutcome func(Outcome)) (Summary, err
 		r.outcomes = nil
 		r.mu.Unlock()
 		for _, o := range batch {
+			if _, known := r.cfg.Known[o.Index]; known {
+				if onOutcome != nil {
+					onOutcome(o)
+				}
+				continue
+			}
 			<-slots
 			last = time.Now()
 			trMu.Lock()

@@ -136,7 +136,7 @@ type scripted struct {
 	byBody map[string]*tracking.MessageTracker
 }
 
-func (f *scripted) Send(ctx context.Context, body string, timeout time.Duration) (*tracking.MessageTracker, error) {
+func (f *scripted) Send(ctx context.Context, _ int, body string, timeout time.Duration) (*tracking.MessageTracker, error) {
 	tr := tracking.NewMessageTracker(tracking.WithID("id-" + body))
 	f.mu.Lock()
 	if f.byBody == nil {
@@ -282,5 +282,41 @@ func TestRunSeenMeetsDeliveredGoal(t *testing.T) {
 	}
 	if sum.P50Ms <= 0 || sum.P99Ms < sum.P50Ms {
 		t.Fatalf("latencies p50 %v p99 %v, want the 20 messages counted", sum.P50Ms, sum.P99Ms)
+	}
+}
+
+// TestRunKnown: outcomes known before the run (an earlier run's, or decided
+// from the archive) are reported, counted in the summary, and never sent.
+func TestRunKnown(t *testing.T) {
+	ms := time.Millisecond
+	target := &scripted{script: func(string) []step {
+		return []step{{tracking.DeliveredToServer, ms}, {tracking.DeliveredToRecipient, ms}}
+	}}
+	known := map[int]Outcome{
+		1: {ID: "earlier-1", State: tracking.DeliveredToRecipient, Earlier: true},
+		3: {ID: "earlier-3", State: tracking.Closed, Err: errors.New("the archive cannot vouch")},
+	}
+	r := New(target, Config{N: 5, Window: 2, Body: "m %d", Timeout: time.Second, Known: known})
+	outcomes := make(map[int]Outcome)
+	sum, err := r.Run(t.Context(), func(o Outcome) { outcomes[o.Index] = o })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(outcomes) != 5 {
+		t.Fatalf("%d outcomes, want one per index: %v", len(outcomes), outcomes)
+	}
+	for _, i := range []int{1, 3} {
+		if target.tracker(fmt.Sprintf("m %d", i)) != nil {
+			t.Errorf("message %d was sent although its outcome was known", i)
+		}
+		if o := outcomes[i]; o.ID != known[i].ID || o.State != known[i].State {
+			t.Errorf("outcome %d = %+v, want the known %+v", i, o, known[i])
+		}
+	}
+	if !outcomes[1].Earlier || !outcomes[1].Reached || outcomes[3].Reached {
+		t.Errorf("known outcomes: %+v, %+v", outcomes[1], outcomes[3])
+	}
+	if sum.Sent != 5 || sum.Reached != 4 || sum.States["CLOSED"] != 1 {
+		t.Errorf("summary %+v, want 5 sent, 4 delivered, 1 closed", sum.Summary)
 	}
 }
