@@ -85,6 +85,9 @@ func (o Options) config(l layout) string {
 		// running server, which helps when debugging a test.
 		"admin_shell",
 	}
+	if o.MAM {
+		enabled = append(enabled, "mam")
+	}
 
 	ssl := fmt.Sprintf("{ key = %s; certificate = %s; }",
 		luaString(l.path(certDir, keyFile)), luaString(l.path(certDir, certFile)))
@@ -125,6 +128,9 @@ func (o Options) config(l layout) string {
 	w("storage = \"internal\"")
 	w("ssl = %s", ssl)
 	w("smacks_hibernation_time = %d", o.hibernationSeconds())
+	if o.MAM {
+		w("default_archive_policy = true")
+	}
 	if o.ExtraGlobal != "" {
 		w("")
 		w("-- Options.ExtraGlobal")

@@ -92,6 +92,19 @@ func TestConfigOptions(t *testing.T) {
 	// Extra lines come after the generated ones, in the global section.
 	order(t, cfg, "smacks_hibernation_time", "smacks_max_unacked_stanzas = 5\n", "VirtualHost")
 
+	mam := Options{MAM: true}.config(l)
+	for _, want := range []string{
+		`modules_enabled = { "roster", "saslauth", "tls", "disco", "ping", "smacks", "admin_shell", "mam" }` + "\n",
+		"default_archive_policy = true\n",
+	} {
+		if !strings.Contains(mam, want) {
+			t.Errorf("MAM config lacks %q", want)
+		}
+	}
+	if strings.Contains(cfg, "default_archive_policy") || strings.Contains(Options{}.config(l), `"mam"`) {
+		t.Errorf("mod_mam configured without Options.MAM")
+	}
+
 	noMUC := Options{NoMUC: true}.config(l)
 	if strings.Contains(noMUC, "Component") || strings.Contains(noMUC, "muc") {
 		t.Errorf("NoMUC config has a MUC service:\n%s", noMUC)

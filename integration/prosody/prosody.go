@@ -79,6 +79,11 @@ type Options struct {
 	// presence) is bounced with a service-unavailable error.
 	Offline bool
 
+	// MAM loads mod_mam, the users' own message archives (XEP-0313), with
+	// default_archive_policy = true: every one-to-one message a user sends
+	// or receives is archived. Rooms archive with or without it (muc_mam).
+	MAM bool
+
 	// ExtraGlobal holds Lua configuration lines appended to the global
 	// section, after the generated settings. A line may override a generated
 	// setting: the later value wins, and Prosody logs a "Duplicate option"
