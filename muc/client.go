@@ -10,6 +10,7 @@ import (
 	"mellium.im/xmpp/jid"
 
 	xstanza "github.com/xmpptrack/xmpptrack/stanza"
+	"github.com/xmpptrack/xmpptrack/reconcile"
 	"github.com/xmpptrack/xmpptrack/stream"
 	"github.com/xmpptrack/xmpptrack/tracking"
 )
@@ -122,6 +123,43 @@ type Client struct {
 	removeHandler, removeEvents func()
 
 	rec tracking.Recorder // counts the trackers handed out, for Stats
+
+	recMu      sync.Mutex // guards reconciler and policy
+	reconciler *reconcile.Reconciler
+	policy     reconcile.Policy
+}
+
+// SetReconciler makes the rooms ask rc, with policy p, what became of the
+// messages a lost session had written and the room had not reflected,
+// instead of ending them CLOSED: after the stream starts a new session (its
+// resumption refused, live or after a restart of the process), each room
+// joins again, then asks the room's archive (package reconcile), and ends
+// each such message DELIVERED_TO_RECIPIENT when the archive holds it, sends
+// it again with the same id and origin-id when the archive shows it absent,
+// and ends it CLOSED when nothing vouches either way. The room's anchor is
+// the stanza-id of the last reflection of ours it saw. rc must serve the
+// session of a bridge over the same stream (see reconcile.Handle); its
+// occupant function may be Client.Occupant. nil restores the default.
+func (c *Client) SetReconciler(rc *reconcile.Reconciler, p reconcile.Policy) {
+	c.recMu.Lock()
+	defer c.recMu.Unlock()
+	c.reconciler, c.policy = rc, p
+}
+
+func (c *Client) getReconciler() (*reconcile.Reconciler, reconcile.Policy) {
+	c.recMu.Lock()
+	defer c.recMu.Unlock()
+	return c.reconciler, c.policy
+}
+
+// Occupant returns our occupant JID in room, if the client is in it: the
+// occupant function of a reconcile.Reconciler.
+func (c *Client) Occupant(room jid.JID) (jid.JID, bool) {
+	r, ok := c.Room(room)
+	if !ok {
+		return jid.JID{}, false
+	}
+	return r.OccupantJID(), true
 }
 
 // NewClient attaches a MUC client to s. Close detaches it.

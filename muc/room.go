@@ -16,6 +16,7 @@ import (
 	"mellium.im/xmpp/stanza"
 
 	"github.com/xmpptrack/xmpptrack/outbox"
+	"github.com/xmpptrack/xmpptrack/reconcile"
 	xstanza "github.com/xmpptrack/xmpptrack/stanza"
 	"github.com/xmpptrack/xmpptrack/stream"
 	"github.com/xmpptrack/xmpptrack/tracking"
@@ -75,6 +76,8 @@ type Room struct {
 	self       jid.JID      // our occupant JID
 	selfRaw    string       // self as the room writes it
 	occupantID string       // our XEP-0421 occupant id, if the room gives one
+	anchorID   string       // the room's stanza-id of the last reflection of ours
+	anchorAt   time.Time    // when it came
 	joinID     string       // id of the latest join presence awaiting its answer
 	joined     []chan error // joins waiting for that answer
 	created    bool         // the latest self-presence said 201: the room is new and locked
@@ -136,6 +139,11 @@ type pending struct {
 	onTok   func(stream.TokenChange) // the tracker's observer
 	ended   bool                     // the tracker ended: never send it
 	sending bool                     // handed to the stream, token not yet known
+	// uncertain: written in a session that was lost, unacknowledged or
+	// unreflected; the archive decides after the rejoin (SetReconciler).
+	uncertain bool
+	sentAt    time.Time // when it was first handed to the stream
+	reason    string    // why it ended CLOSED, for the outbox
 
 	// Guarded by Client.untimed:
 	uprev, unext *pending
@@ -190,6 +198,13 @@ func (p *pending) follow(tok *stream.StanzaToken) {
 		f := p.onTok
 		if p.tok != tok {
 			f = nil // replaced: the message was held back for a rejoin
+		}
+		if f != nil && c.State == stream.TokenDisconnected && r.c.s.Err() == nil {
+			if rc, _ := r.c.getReconciler(); rc != nil {
+				// Lost with a session while the stream goes on: the
+				// archive decides after the rejoin, not the token.
+				p.uncertain, f = true, nil
+			}
 		}
 		r.mu.Unlock()
 		if f != nil {
@@ -566,6 +581,13 @@ func (r *Room) handleMessage(el *stream.Element, from sender) bool {
 	resp.Message = r.messageHeader(el.Start)
 	// A rejected transition (an error after the reflection, a reflection
 	// after a timeout) changes nothing, which is what we want.
+	if to == tracking.DeliveredToRecipient && resp.StanzaID != "" && resp.StanzaIDBy.Equal(r.addr) {
+		// Our own evidence that the room's archive covers what follows
+		// (see Client.SetReconciler).
+		r.mu.Lock()
+		r.anchorID, r.anchorAt = resp.StanzaID, time.Now()
+		r.mu.Unlock()
+	}
 	if p.t.Transition(to, resp) == nil && to == tracking.DeliveredToRecipient {
 		// The reflection is the room's last word: tracking ends here.
 		_ = p.t.Close()
@@ -674,6 +696,7 @@ type SendOption func(*sendConfig)
 type sendConfig struct {
 	timeout      time.Duration
 	id, originID string
+	sentAt       time.Time // for Follow
 }
 
 // WithIDs sends the message with the given id and origin-id instead of new
@@ -777,13 +800,14 @@ func (r *Room) send(ctx context.Context, content []byte, opts []SendOption) (tr 
 
 // Follow tracks a message of this room that an earlier process wrote and
 // that the stream restored from its outbox (stream.Stream.Restored): tok is
-// its token, originID its origin-id and b its stanza, as the outbox recorded
-// them. The tracker follows tok, and the room's reflection of the message,
+// its token, originID its origin-id, b its stanza and sentAt when it was
+// first written, as the outbox recorded them. The tracker follows tok, and
+// the room's reflection of the message,
 // if the resumed session brings it, makes it DELIVERED_TO_RECIPIENT as for
 // any message of the room. It returns an error wrapping ErrBadIDs when the
 // message is already pending.
-func (r *Room) Follow(tok *stream.StanzaToken, originID string, b []byte, opts ...SendOption) (*tracking.MessageTracker, error) {
-	cfg := sendConfig{timeout: r.c.timeout}
+func (r *Room) Follow(tok *stream.StanzaToken, originID string, b []byte, sentAt time.Time, opts ...SendOption) (*tracking.MessageTracker, error) {
+	cfg := sendConfig{timeout: r.c.timeout, sentAt: sentAt}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -799,7 +823,10 @@ func (r *Room) Follow(tok *stream.StanzaToken, originID string, b []byte, opts .
 // which track asks to send b.
 func (r *Room) track(ctx context.Context, id, originID string, b []byte, cfg sendConfig, tok *stream.StanzaToken) (*tracking.MessageTracker, error) {
 	t := tracking.NewMessageTracker(tracking.WithID(id))
-	p := &pending{r: r, t: t, id: id, originID: originID, b: b}
+	p := &pending{r: r, t: t, id: id, originID: originID, b: b, sentAt: cfg.sentAt}
+	if p.sentAt.IsZero() {
+		p.sentAt = time.Now()
+	}
 	// The tracker follows the message's token through p: bound before the
 	// message can be written, so that no token change is missed.
 	_ = t.Bind(p)
@@ -956,6 +983,7 @@ func (r *Room) end(err error, refusal *JoinError) {
 func (r *Room) newSession() (uint64, bool) {
 	var closed, requeue []*pending
 	var toks []*stream.StanzaToken
+	rc, _ := r.c.getReconciler()
 	r.mu.Lock()
 	if !r.setLocked(rejoining) {
 		r.mu.Unlock()
@@ -971,6 +999,11 @@ func (r *Room) newSession() (uint64, bool) {
 			requeue = append(requeue, p)
 			toks = append(toks, p.tok)
 			p.tok = nil // its token's changes no longer reach the tracker
+		case rc != nil:
+			// Written in the lost session and not reflected: the
+			// archive decides after the rejoin.
+			p.uncertain = true
+			p.tok = nil
 		default:
 			closed = append(closed, p)
 		}
@@ -1013,6 +1046,9 @@ func (r *Room) rejoin(n uint64) {
 	r.mu.Unlock()
 	if !current {
 		return
+	}
+	if err == nil {
+		r.reconcile(n)
 	}
 	if err != nil {
 		var refusal *JoinError
@@ -1074,6 +1110,9 @@ func (b *bytesWriter) Write(p []byte) (int, error) {
 // the response resp if any.
 func (r *Room) record(p *pending, st tracking.MessageState, resp *tracking.Response) outbox.Message {
 	m := outbox.Message{Key: p.id, OriginID: p.originID, To: r.key, Kind: outbox.Groupchat, Stanza: p.b, State: st.String()}
+	r.mu.Lock()
+	m.Reason = p.reason
+	r.mu.Unlock()
 	if resp != nil {
 		m.StanzaID = resp.StanzaID
 		if resp.Error != nil {
@@ -1081,4 +1120,85 @@ func (r *Room) record(p *pending, st tracking.MessageState, resp *tracking.Respo
 		}
 	}
 	return m
+}
+
+// reconcileTimeout bounds the archive queries after a rejoin.
+const reconcileTimeout = time.Minute
+
+// reconcile asks the archive what became of the messages the lost session
+// had written and the room had not reflected (see Client.SetReconciler),
+// after rejoin n succeeded and before the held messages are sent: one the
+// archive holds ends DELIVERED_TO_RECIPIENT, one it shows absent joins the
+// held messages to be sent again with the same ids, in order, and the
+// rest end CLOSED with the reason.
+func (r *Room) reconcile(n uint64) {
+	rc, policy := r.c.getReconciler()
+	var ps []*pending
+	r.mu.Lock()
+	for _, p := range r.byID {
+		if p.uncertain {
+			ps = append(ps, p)
+		}
+	}
+	anchorID, anchorAt := r.anchorID, r.anchorAt
+	r.mu.Unlock()
+	if rc == nil || len(ps) == 0 {
+		return
+	}
+	msgs := make([]reconcile.Uncertain, len(ps))
+	for i, p := range ps {
+		msgs[i] = reconcile.Uncertain{Key: p.id, ID: p.id, OriginID: p.originID, To: r.addr, Kind: reconcile.Groupchat, SentAt: p.sentAt}
+	}
+	var anchors []reconcile.Anchor
+	if anchorID != "" {
+		anchors = []reconcile.Anchor{{To: r.addr, StanzaID: anchorID, At: anchorAt}}
+	}
+	ctx, cancel := context.WithTimeout(r.ctx, reconcileTimeout)
+	decisions, err := rc.Decide(ctx, msgs, anchors, policy)
+	cancel()
+	byKey := make(map[string]reconcile.Decision, len(decisions))
+	for _, d := range decisions {
+		byKey[d.Key] = d
+	}
+	var delivered, closed []*pending
+	var found []reconcile.Decision
+	r.mu.Lock()
+	if n != r.rejoins {
+		r.mu.Unlock()
+		return // a later rejoin decides
+	}
+	for _, p := range ps {
+		p.uncertain = false
+		d, ok := byKey[p.id]
+		switch {
+		case ok && d.Outcome == reconcile.Delivered:
+			r.forgetLocked(p)
+			delivered, found = append(delivered, p), append(found, d)
+		case ok && d.Outcome == reconcile.SafeToResend:
+			r.held = append(r.held, p)
+		default:
+			p.reason = "the archive cannot tell whether the room has it"
+			if ok {
+				p.reason = d.Reason
+			} else if err != nil {
+				p.reason = err.Error()
+			}
+			r.forgetLocked(p)
+			closed = append(closed, p)
+		}
+	}
+	slices.SortFunc(r.held, func(a, b *pending) int { return int(a.seq - b.seq) })
+	r.mu.Unlock()
+	for i, p := range delivered {
+		r.c.unlimit(p)
+		resp := &tracking.Response{StanzaID: found[i].StanzaID, StanzaIDBy: r.addr}
+		resp.Message.From, resp.Message.Type = r.OccupantJID(), stanza.GroupChatMessage
+		if p.t.Transition(tracking.DeliveredToRecipient, resp) == nil {
+			_ = p.t.Close()
+		}
+	}
+	for _, p := range closed {
+		r.c.unlimit(p)
+		_ = p.t.Close()
+	}
 }

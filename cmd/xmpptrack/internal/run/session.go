@@ -56,12 +56,24 @@ func (a Account) address() string {
 // wrong: the server cannot be reached, TLS failed, the credentials were
 // refused.
 func Dial(ctx context.Context, a Account) (*stream.Stream, error) {
+	cfg, err := StreamConfig(ctx, a)
+	if err != nil {
+		return nil, err
+	}
+	s, err := stream.Dial(ctx, cfg)
+	if err != nil {
+		return nil, LoginError(a, err)
+	}
+	return s, nil
+}
+
+// StreamConfig returns the stream configuration that logs in as a says.
+func StreamConfig(ctx context.Context, a Account) (stream.Config, error) {
 	addr := a.address()
-	where := addr // for errors
-	if addr == "" {
-		where = "the server of " + a.JID.Domainpart() + " (from DNS)"
-	} else if _, _, err := net.SplitHostPort(addr); err != nil {
-		return nil, fmt.Errorf("bad server address %q: want host:port", addr)
+	if addr != "" {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return stream.Config{}, fmt.Errorf("bad server address %q: want host:port", addr)
+		}
 	}
 	cfg := stream.Config{
 		JID:      a.JID,
@@ -72,7 +84,7 @@ func Dial(ctx context.Context, a Account) (*stream.Stream, error) {
 	}
 	if a.Plain {
 		if err := checkLoopback(ctx, addr); err != nil {
-			return nil, err
+			return stream.Config{}, err
 		}
 		cfg.AllowPlaintext = true
 		// Without TLS there is no channel to bind: offer plain SCRAM only.
@@ -82,21 +94,27 @@ func Dial(ctx context.Context, a Account) (*stream.Stream, error) {
 		if a.CAFile != "" {
 			pem, err := os.ReadFile(a.CAFile)
 			if err != nil {
-				return nil, fmt.Errorf("reading CA file: %w", err)
+				return stream.Config{}, fmt.Errorf("reading CA file: %w", err)
 			}
 			pool := x509.NewCertPool()
 			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("CA file %s: no PEM certificate in it", a.CAFile)
+				return stream.Config{}, fmt.Errorf("CA file %s: no PEM certificate in it", a.CAFile)
 			}
 			tc.RootCAs = pool
 		}
 		cfg.TLS = tc
 	}
-	s, err := stream.Dial(ctx, cfg)
-	if err != nil {
-		return nil, loginError(a.JID, where, err)
+	return cfg, nil
+}
+
+// LoginError turns an error of the first connection (Dial, or Connect of a
+// stream made with StreamConfig) into one line that says what went wrong.
+func LoginError(a Account, err error) error {
+	where := a.address()
+	if where == "" {
+		where = "the server of " + a.JID.Domainpart() + " (from DNS)"
 	}
-	return s, nil
+	return loginError(a.JID, where, err)
 }
 
 // loginError turns an error of the first connection into one line that
