@@ -104,7 +104,9 @@ func (r *Reconciler) HandleMessage(msg stanza.Message, t xmlstream.TokenReadEnco
 		it.originID = m.OriginID[0].ID
 	}
 	r.mu.Lock()
-	col.items = append(col.items, it)
+	if r.queries[qid] == col { // not given up meanwhile (a page's timeout)
+		col.items = append(col.items, it)
+	}
 	r.mu.Unlock()
 	return nil
 }
