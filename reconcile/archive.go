@@ -48,7 +48,7 @@ type collector struct {
 // Handle; it runs on the goroutine serving the session, before the query's
 // answer reaches Decide.
 func (r *Reconciler) HandleMessage(msg stanza.Message, t xmlstream.TokenReadEncoder) error {
-	var read []xml.Token // what was read before the <result/>, to hand on
+	var read []xml.TokenReader // what was read up to the <result/>, to hand on
 	var res xml.StartElement
 	for found := false; !found; {
 		tok, err := t.Token()
@@ -59,7 +59,7 @@ func (r *Reconciler) HandleMessage(msg stanza.Message, t xmlstream.TokenReadEnco
 			return err
 		}
 		tok = xml.CopyToken(tok)
-		read = append(read, tok)
+		read = append(read, xmlstream.Token(tok))
 		if s, ok := tok.(xml.StartElement); ok && s.Name.Space == history.NS && s.Name.Local == "result" {
 			res, found = s, true
 		}
@@ -78,7 +78,7 @@ func (r *Reconciler) HandleMessage(msg stanza.Message, t xmlstream.TokenReadEnco
 		return r.next.HandleMessage(msg, struct {
 			xml.TokenReader
 			xmlstream.Encoder
-		}{xmlstream.MultiReader(&tokens{read}, t), t})
+		}{xmlstream.MultiReader(append(read, t)...), t})
 	}
 	var v struct {
 		Forwarded struct {
@@ -104,21 +104,11 @@ func (r *Reconciler) HandleMessage(msg stanza.Message, t xmlstream.TokenReadEnco
 		it.originID = m.OriginID[0].ID
 	}
 	r.mu.Lock()
-	col.items = append(col.items, it)
+	if r.queries[qid] == col { // not given up meanwhile (a page's timeout)
+		col.items = append(col.items, it)
+	}
 	r.mu.Unlock()
 	return nil
-}
-
-// tokens replays tokens already read.
-type tokens struct{ toks []xml.Token }
-
-func (r *tokens) Token() (xml.Token, error) {
-	if len(r.toks) == 0 {
-		return nil, io.EOF
-	}
-	t := r.toks[0]
-	r.toks = r.toks[1:]
-	return t, nil
 }
 
 // track starts collecting the results of the query id.

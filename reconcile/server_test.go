@@ -9,7 +9,6 @@ import (
 	"context"
 	"encoding/xml"
 	"fmt"
-	"io"
 	"slices"
 	"strconv"
 	"strings"
@@ -235,9 +234,7 @@ func parseQuery(el fakeserver.Element) (query, error) {
 			} `xml:"http://jabber.org/protocol/rsm set"`
 		} `xml:"urn:xmpp:mam:2 query"`
 	}
-	toks := append([]xml.Token{el.Start}, el.Inner...)
-	d := xml.NewTokenDecoder(&tokenList{toks})
-	if err := d.Decode(&v); err != nil {
+	if err := xml.Unmarshal([]byte(el.String()), &v); err != nil {
 		return query{}, fmt.Errorf("query %s: %w", el, err)
 	}
 	q := query{to: v.To, raw: el.String(), queryID: v.Query.ID, fields: make(map[string][]string)}
@@ -248,17 +245,6 @@ func parseQuery(el fakeserver.Element) (query, error) {
 		q.hasSet, q.max, q.after = true, v.Query.Set.Max, v.Query.Set.After
 	}
 	return q, nil
-}
-
-type tokenList struct{ toks []xml.Token }
-
-func (l *tokenList) Token() (xml.Token, error) {
-	if len(l.toks) == 0 {
-		return nil, io.EOF
-	}
-	t := l.toks[0]
-	l.toks = l.toks[1:]
-	return t, nil
 }
 
 // world is a reconciler over a bridge to a scripted server.
