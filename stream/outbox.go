@@ -138,6 +138,9 @@ func (s *Stream) boxChangesLocked(batch []*entry) (outbox.Changes, bool) {
 		Reset:    b.reset,
 		Messages: b.notes,
 	}
+	if b.reset {
+		ch.Drop = 0 // the log is emptied anyway
+	}
 	if s.smOn {
 		ch.Append = make([]outbox.Stanza, len(batch))
 		for i, e := range batch {
