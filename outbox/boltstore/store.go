@@ -205,6 +205,8 @@ func check(path string) (int, error) {
 	// bbolt would take an empty file for a new one and write to it.
 	if info, err := os.Stat(path); err != nil {
 		return 0, err
+	} else if !info.Mode().IsRegular() {
+		return 0, fmt.Errorf("%w: not a regular file", outbox.ErrCorrupt)
 	} else if info.Size() == 0 {
 		return 0, fmt.Errorf("%w: empty file, not an outbox", outbox.ErrCorrupt)
 	}
