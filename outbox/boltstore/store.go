@@ -78,6 +78,11 @@ var _ outbox.Store = (*Store)(nil)
 // the same file, from this process or another, fails with outbox.ErrInUse.
 // Errors name the file and wrap outbox.ErrInUse, outbox.ErrCorrupt or
 // outbox.ErrNewerFormat where they apply.
+//
+// The lock is bbolt's: flock(2), which belongs to an open file and so also
+// refuses a second Open in the same process, or LockFileEx on Windows. On
+// AIX, Solaris and Android bbolt locks with fcntl(2), which does not tell
+// two opens in one process apart: open each file once per process there.
 func Open(path string) (*Store, error) {
 	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
 		if err := create(path); err != nil {
@@ -205,6 +210,8 @@ func check(path string) (int, error) {
 	// bbolt would take an empty file for a new one and write to it.
 	if info, err := os.Stat(path); err != nil {
 		return 0, err
+	} else if !info.Mode().IsRegular() {
+		return 0, fmt.Errorf("%w: not a regular file", outbox.ErrCorrupt)
 	} else if info.Size() == 0 {
 		return 0, fmt.Errorf("%w: empty file, not an outbox", outbox.ErrCorrupt)
 	}

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -125,6 +126,41 @@ func TestInUseSameProcess(t *testing.T) {
 	require.NoError(t, s.Close())
 	s = mustOpen(t, path)
 	require.Equal(t, storetest.Stanzas("a", "b"), storetest.Load(t, s).Unacked)
+}
+
+// TestOpenRace opens a new file from several goroutines at once: exactly one
+// store opens it, every other Open fails with ErrInUse (none takes the file
+// being made for a corrupt one), and nothing is left beside the file.
+func TestOpenRace(t *testing.T) {
+	path := tempPath(t)
+	const n = 8
+	errs := make([]error, n)
+	stores := make([]*Store, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { stores[i], errs[i] = Open(path) })
+	}
+	wg.Wait()
+	opened := 0
+	for i, err := range errs {
+		if err == nil {
+			opened++
+			require.NoError(t, stores[i].Close())
+			continue
+		}
+		storetest.ErrIsOnly(t, err, outbox.ErrInUse)
+	}
+	require.Equal(t, 1, opened)
+	entries, err := os.ReadDir(filepath.Dir(path))
+	require.NoError(t, err)
+	require.Len(t, entries, 1)
+}
+
+// TestNotAFile shows that a directory at the path is refused.
+func TestNotAFile(t *testing.T) {
+	_, err := Open(t.TempDir())
+	storetest.ErrIsOnly(t, err, outbox.ErrCorrupt)
+	require.Contains(t, err.Error(), "not a regular file")
 }
 
 // TestInUseOtherProcess shows that Open fails with ErrInUse while another
