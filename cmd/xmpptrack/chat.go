@@ -81,6 +81,9 @@ func chatCommand(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if o.outbox != "" {
+		return usageError{"chat: -outbox is not supported by chat yet; use it with muc"}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 

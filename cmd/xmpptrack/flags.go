@@ -141,6 +141,7 @@ type sendFlags struct {
 	json        *bool
 	cpuProfile  *string
 	metricsAddr *string
+	outbox      *string
 }
 
 func addSendFlags(fs *flagSet) *sendFlags {
@@ -154,6 +155,11 @@ func addSendFlags(fs *flagSet) *sendFlags {
 		metricsAddr: fs.String("metrics-addr", "", "serve Prometheus metrics at http://`HOST:PORT`/metrics while the command runs "+
 			"(port 0: any free port; the address is written to standard error)"),
 	}
+	f.outbox = fs.String("outbox", "", "keep the job durable in `FILE` (created if missing). Running the same command again after a crash "+
+		"(same -jid, -room, -n, -body) continues the job: every index is sent to the room at most once in the room's view "+
+		"(a resend reuses the same id and origin-id; a message the room may already have is never sent again), the messages "+
+		"in flight are followed to their outcome (resumption of the old session, or the room's archive), and the rest are sent. "+
+		"A FILE that holds a different job is refused: a one-line error, exit status 2, FILE unchanged")
 	fs.hide("cpuprofile")
 	return f
 }
@@ -165,6 +171,7 @@ type sendOptions struct {
 	json        bool
 	cpuProfile  string
 	metricsAddr string
+	outbox      string
 }
 
 // options checks the flags; errors are usage errors that start with cmd.
@@ -189,6 +196,7 @@ func (f *sendFlags) options(cmd string, a run.Account) (sendOptions, error) {
 		json:        *f.json,
 		cpuProfile:  *f.cpuProfile,
 		metricsAddr: *f.metricsAddr,
+		outbox:      *f.outbox,
 	}, nil
 }
 

@@ -1,0 +1,219 @@
+package main_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"mellium.im/xmpp/jid"
+
+	"github.com/xmpptrack/xmpptrack/integration/prosody"
+	"github.com/xmpptrack/xmpptrack/muc"
+	"github.com/xmpptrack/xmpptrack/stream"
+)
+
+// watcher is an independent occupant of the room, connected straight to
+// the server, that counts the bodies the room really distributed from one
+// nick.
+type watcher struct {
+	mu     sync.Mutex
+	bodies map[string]int
+}
+
+func watch(t *testing.T, srv *prosody.Server, user, password string, room jid.JID, fromNick string) *watcher {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	s, err := stream.Dial(ctx, stream.Config{JID: srv.JID(user), Password: password, Addr: srv.Addr(), TLS: srv.TLSConfig()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &watcher{bodies: make(map[string]int)}
+	s.HandleElement(func(el *stream.Element) {
+		if el.Start.Name.Local != "message" || el.Attr("type") != "groupchat" {
+			return
+		}
+		from, err := jid.Parse(el.Attr("from"))
+		if err != nil || from.Resourcepart() != fromNick {
+			return
+		}
+		var m struct {
+			Body  string `xml:"body"`
+			Delay *struct {
+				Stamp string `xml:"stamp,attr"`
+			} `xml:"urn:xmpp:delay delay"`
+		}
+		if el.Decode(&m) != nil || m.Body == "" || m.Delay != nil {
+			return // history, not a live distribution
+		}
+		w.mu.Lock()
+		w.bodies[m.Body]++
+		w.mu.Unlock()
+	})
+	rooms := muc.NewClient(s)
+	if _, err := rooms.Join(ctx, room, user); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		rooms.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.Close(ctx)
+	})
+	return w
+}
+
+// check waits until the room distributed every body of 0..n-1 and fails
+// unless each exactly once.
+func (w *watcher) check(t *testing.T, body string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		w.mu.Lock()
+		got := len(w.bodies)
+		w.mu.Unlock()
+		if got >= n || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond) // let a duplicate arrive
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var missing, twice []string
+	for i := range n {
+		b := strings.ReplaceAll(body, "%d", strconv.Itoa(i))
+		switch c := w.bodies[b]; {
+		case c == 0:
+			missing = append(missing, b)
+		case c > 1:
+			twice = append(twice, fmt.Sprintf("%s ×%d", b, c))
+		}
+	}
+	if len(missing) > 0 || len(twice) > 0 || len(w.bodies) != n {
+		t.Fatalf("the room distributed %d bodies; missing %d %.5q; more than once %d %.5q", len(w.bodies), len(missing), missing, len(twice), twice)
+	}
+}
+
+// jobLines parses the JSON lines of a finished run of a job of n messages:
+// exactly one line per index, then the summary.
+func jobLines(t *testing.T, r result, n int) (states map[int]string, earlier int) {
+	t.Helper()
+	states = make(map[int]string)
+	summaries := 0
+	sc := bufio.NewScanner(strings.NewReader(r.stdout))
+	for sc.Scan() {
+		var l struct {
+			line
+			Earlier bool `json:"earlier"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			t.Fatalf("line %q: %v", sc.Text(), err)
+		}
+		switch {
+		case l.Summary != nil:
+			summaries++
+			if l.Summary.Sent != n {
+				t.Errorf("summary over %d messages, want %d: %s", l.Summary.Sent, n, sc.Text())
+			}
+		case l.Index != nil:
+			if _, dup := states[*l.Index]; dup || *l.Index < 0 || *l.Index >= n {
+				t.Fatalf("index %d repeated or out of range", *l.Index)
+			}
+			states[*l.Index] = l.State
+			if l.Earlier {
+				earlier++
+			}
+		}
+	}
+	if len(states) != n || summaries != 1 {
+		t.Fatalf("%d message lines and %d summaries, want %d and 1\nstderr: %s", len(states), summaries, n, r.stderr)
+	}
+	return states, earlier
+}
+
+// startKilled runs the command until it has printed at least k outcome
+// lines, then kills it with SIGKILL, as a crash would.
+func startKilled(t *testing.T, bin string, k int, args ...string) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := 0
+	sc := bufio.NewScanner(out)
+	for lines < k && sc.Scan() {
+		if strings.Contains(sc.Text(), `"index"`) {
+			lines++
+		}
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	if lines < k {
+		t.Fatalf("the first run ended after %d outcomes, before the kill\nstderr: %s", lines, stderr.String())
+	}
+}
+
+// TestOutboxSenderDies (issue: the sender dies, the server stays): the
+// sender is killed one third of the way through and run again with the same
+// outbox. Every index ends DELIVERED_TO_RECIPIENT, and the room distributed
+// each body exactly once.
+func TestOutboxSenderDies(t *testing.T) {
+	const n = 300
+	users := map[string]string{"alice": "alice-pw", "watcher": "watcher-pw"}
+	srv := prosody.StartTB(t, prosody.Options{Users: users})
+	room := jid.MustParse("crash@" + srv.MUCDomain())
+	w := watch(t, srv, "watcher", "watcher-pw", room, "alice")
+	bin := build(t)
+	file := filepath.Join(t.TempDir(), "job.outbox")
+	const body = "crash %d"
+	args := []string{"muc", "-addr", srv.Addr(), "-ca", srv.CAFile(), "-jid", srv.JID("alice").String(),
+		"-password", "alice-pw", "-room", room.String(), "-n", strconv.Itoa(n), "-window", "20",
+		"-body", body, "-json", "-outbox", file}
+
+	startKilled(t, bin, n/3, args...)
+	r := runCmd(t, bin, args...)
+	if r.code != 0 {
+		t.Fatalf("second run: exit status %d\nstderr: %s\nstdout: %.2000s", r.code, r.stderr, r.stdout)
+	}
+	states, earlier := jobLines(t, r, n)
+	for i, s := range states {
+		if s != "DELIVERED_TO_RECIPIENT" {
+			t.Errorf("index %d: %s", i, s)
+		}
+	}
+	t.Logf("second run: %d outcomes earlier, the rest followed, decided or sent now", earlier)
+	if earlier < n/3 {
+		t.Errorf("%d outcomes printed as earlier, want at least the %d the first run saw", earlier, n/3)
+	}
+	w.check(t, body, n)
+
+	// A finished job run again prints its lines and sends nothing.
+	again := runCmd(t, bin, args...)
+	if again.code != 0 {
+		t.Fatalf("finished job: exit status %d\nstderr: %s", again.code, again.stderr)
+	}
+	if _, earlier := jobLines(t, again, n); earlier != n {
+		t.Fatalf("finished job: %d of %d lines earlier", earlier, n)
+	}
+	w.check(t, body, n)
+	if info, err := os.Stat(file); err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("outbox file mode: %v, %v; want 0600", info, err)
+	}
+}
