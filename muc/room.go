@@ -439,6 +439,12 @@ func (r *Room) handlePresence(el *stream.Element, from sender) {
 		if self, err := r.addr.WithResource(u.nick); err == nil {
 			r.self, r.selfRaw = self, self.String()
 		}
+	case typ == "unavailable" && (u.has("332") || u.has("333")) && r.joinID == "" && (r.state == joined || r.state == rejoining):
+		// The service is shutting down (XEP-0045 status 332), or took
+		// our connection for broken (333): we did not leave. Hold new
+		// messages; the room is joined again with the stream's next
+		// session, as after any new session.
+		r.setLocked(rejoining)
 	case typ == "unavailable" && r.joinID == "" && (r.state == joined || r.state == rejoining):
 		r.setLocked(removed)
 		// Messages held for a rejoin were never written: they end.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"encoding/xml"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,8 +16,13 @@ import (
 	"testing"
 	"time"
 
+	"mellium.im/xmlstream"
+	"mellium.im/xmpp/history"
 	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/mux"
+	xstanza "mellium.im/xmpp/stanza"
 
+	"github.com/xmpptrack/xmpptrack/bridge"
 	"github.com/xmpptrack/xmpptrack/integration/prosody"
 	"github.com/xmpptrack/xmpptrack/muc"
 	"github.com/xmpptrack/xmpptrack/stream"
@@ -215,5 +221,154 @@ func TestOutboxSenderDies(t *testing.T) {
 	w.check(t, body, n)
 	if info, err := os.Stat(file); err != nil || info.Mode().Perm() != 0o600 {
 		t.Fatalf("outbox file mode: %v, %v; want 0600", info, err)
+	}
+}
+
+// archived counts the bodies the room's archive holds from nick, read
+// through a bridge over a stream of user's: what the room really took in,
+// across a restart of the server.
+func archived(t *testing.T, srv *prosody.Server, user, password string, room jid.JID, nick string) map[string]int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	s, err := stream.Dial(ctx, stream.Config{JID: srv.JID(user), Password: password, Addr: srv.Addr(), TLS: srv.TLSConfig()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(ctx)
+	b, err := bridge.New(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	c := &archiveCounter{nick: nick, bodies: make(map[string]int)}
+	go b.Session().Serve(mux.New(xstanza.NSClient, history.Handle(history.NewHandler(c))))
+	q := history.Query{Limit: 50}
+	for {
+		res, err := history.Fetch(ctx, q, room, b.Session())
+		if err != nil {
+			t.Fatalf("reading the room's archive: %v", err)
+		}
+		if res.Complete || res.Set.Last == "" {
+			break
+		}
+		q.PageID = res.Set.Last
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bodies
+}
+
+type archiveCounter struct {
+	nick   string
+	mu     sync.Mutex
+	bodies map[string]int
+}
+
+func (c *archiveCounter) HandleMessage(_ xstanza.Message, r xmlstream.TokenReadEncoder) error {
+	d := xml.NewTokenDecoder(r)
+	for {
+		tok, err := d.Token()
+		if err != nil {
+			return nil
+		}
+		start, ok := tok.(xml.StartElement)
+		if !ok || start.Name.Local != "message" {
+			continue
+		}
+		var m struct {
+			From string `xml:"from,attr"`
+			Body string `xml:"body"`
+		}
+		if d.DecodeElement(&m, &start) != nil {
+			return nil
+		}
+		if from, err := jid.Parse(m.From); err == nil && from.Resourcepart() == c.nick && m.Body != "" {
+			c.mu.Lock()
+			c.bodies[m.Body]++
+			c.mu.Unlock()
+		}
+		return nil
+	}
+}
+
+// TestOutboxServerRestarts (issue: the server restarts under a live
+// sender): Prosody restarts a third of the way through, so the session
+// cannot be resumed. The messages the room had end DELIVERED_TO_RECIPIENT
+// through its archive (none CLOSED: the archive vouches), only what it
+// lacked is sent again, and the archive holds each body exactly once.
+func TestOutboxServerRestarts(t *testing.T) {
+	const n = 600
+	users := map[string]string{"alice": "alice-pw", "watcher": "watcher-pw"}
+	// Persistent rooms keep the room, and so its archive, across the
+	// restart.
+	srv := prosody.StartTB(t, prosody.Options{Users: users, ExtraGlobal: "muc_room_default_persistent = true"})
+	room := jid.MustParse("restart@" + srv.MUCDomain())
+	bin := build(t)
+	file := filepath.Join(t.TempDir(), "job.outbox")
+	const body = "restart %d"
+	args := []string{"muc", "-addr", srv.Addr(), "-ca", srv.CAFile(), "-jid", srv.JID("alice").String(),
+		"-password", "alice-pw", "-room", room.String(), "-n", strconv.Itoa(n), "-window", "20",
+		"-body", body, "-json", "-outbox", file}
+
+	cmd := exec.Command(bin, args...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var stdout strings.Builder
+	sc := bufio.NewScanner(out)
+	restarted := false
+	for lines := 0; sc.Scan(); {
+		stdout.WriteString(sc.Text() + "\n")
+		if strings.Contains(sc.Text(), `"index"`) {
+			lines++
+		}
+		if lines == n/3 && !restarted {
+			restarted = true
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			if err := srv.Restart(ctx); err != nil {
+				t.Fatal(err)
+			}
+			cancel()
+		}
+	}
+	err = cmd.Wait()
+	r := result{stdout: stdout.String(), stderr: stderr.String()}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.code = ee.ExitCode()
+	}
+	if r.code != 0 || !restarted {
+		var bad []string
+		for _, l := range strings.Split(r.stdout, "\n") {
+			if !strings.Contains(l, "DELIVERED_TO_RECIPIENT") && len(bad) < 5 {
+				bad = append(bad, l)
+			}
+		}
+		t.Fatalf("exit status %d (restarted %t)\nstderr: %s\nfirst lines short of delivery:\n%s", r.code, restarted, r.stderr, strings.Join(bad, "\n"))
+	}
+	states, _ := jobLines(t, r, n)
+	for i, s := range states {
+		if s != "DELIVERED_TO_RECIPIENT" {
+			t.Errorf("index %d: %s", i, s)
+		}
+	}
+	got := archived(t, srv, "watcher", "watcher-pw", room, "alice")
+	var missing, twice int
+	for i := range n {
+		switch c := got[strings.ReplaceAll(body, "%d", strconv.Itoa(i))]; {
+		case c == 0:
+			missing++
+		case c > 1:
+			twice++
+		}
+	}
+	if missing > 0 || twice > 0 {
+		t.Fatalf("the room's archive: %d bodies missing, %d more than once (of %d)", missing, twice, n)
 	}
 }
