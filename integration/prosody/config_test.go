@@ -190,7 +190,7 @@ func TestWriteAccount(t *testing.T) {
 func TestRestartPortTaken(t *testing.T) {
 	s := StartTB(t, Options{})
 	s.mu.Lock()
-	s.proc.stop()
+	s.proc.Stop(stopGrace)
 	s.proc = nil
 	s.mu.Unlock()
 

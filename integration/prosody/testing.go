@@ -2,10 +2,9 @@ package prosody
 
 import (
 	"context"
-	"errors"
-	"os"
-	"strconv"
 	"testing"
+
+	"github.com/xmpptrack/xmpptrack/integration/internal/serverkit"
 )
 
 // logTailLines is how many lines of the log a failed test shows.
@@ -43,13 +42,5 @@ func StartTB(tb testing.TB, opts Options) *Server {
 // error, tb fails.
 func SkipOrFatal(tb testing.TB, err error) {
 	tb.Helper()
-	if !errors.Is(err, ErrNotInstalled) {
-		tb.Fatalf("starting prosody: %v", err)
-		return
-	}
-	if ci, _ := strconv.ParseBool(os.Getenv("CI")); ci {
-		tb.Fatalf("%v; CI is set, so this fails instead of skipping (install it with \"make prosody-install\")", err)
-		return
-	}
-	tb.Skipf("%v: install it with \"make prosody-install\" or \"apt-get install prosody\"", err)
+	serverkit.SkipOrFatal(tb, err, ErrNotInstalled, "prosody", "make prosody-install")
 }
