@@ -118,6 +118,13 @@ func (o Options) config(l layout) string {
 	w("storage = \"internal\"")
 	w("ssl = %s", ssl)
 	w("smacks_hibernation_time = %d", o.hibernationSeconds())
+	if len(o.Admins) > 0 {
+		admins := make([]string, len(o.Admins))
+		for i, a := range o.Admins {
+			admins[i] = a + "@" + domain
+		}
+		w("admins = %s", luaList(admins))
+	}
 	if o.ExtraGlobal != "" {
 		w("")
 		w("-- Options.ExtraGlobal")

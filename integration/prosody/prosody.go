@@ -70,6 +70,10 @@ type Options struct {
 	// that ordinary users cannot create rooms.
 	RestrictRoomCreation bool
 
+	// Admins are localparts of the server's administrators (who may create
+	// rooms when RestrictRoomCreation is set).
+	Admins []string
+
 	// NoMUC leaves out the Multi-User Chat service.
 	NoMUC bool
 
