@@ -249,6 +249,20 @@ func skipElement(r xml.TokenReader) error {
 // errDial marks a failure to open a connection: always worth another try.
 var errDial = errors.New("dial")
 
+// goingAwayDelay is the least wait before reconnecting after the server said
+// it is shutting down or sent us to another host.
+const goingAwayDelay = 2 * time.Second
+
+// goingAway reports whether err is the stream error <system-shutdown/> or
+// <see-other-host/>. Such a server may still accept logins for a while
+// (ejabberd 23.01 does for about a second after <system-shutdown/>), and a
+// session there is lost with whatever it acknowledged: reconnect only after
+// goingAwayDelay.
+func goingAway(err error) bool {
+	var se xstream.Error
+	return errors.As(err, &se) && (se.Err == "system-shutdown" || se.Err == "see-other-host")
+}
+
 // transient reports whether a connection error is worth another attempt: the
 // network failed, as opposed to the server refusing us (SASL, bind, a stream
 // error other than a shutdown).
@@ -256,7 +270,7 @@ func transient(err error) bool {
 	var se xstream.Error
 	if errors.As(err, &se) {
 		switch se.Err {
-		case "system-shutdown", "connection-timeout", "reset", "internal-server-error", "remote-connection-failed":
+		case "system-shutdown", "see-other-host", "connection-timeout", "reset", "internal-server-error", "remote-connection-failed":
 			return true
 		}
 		return false
