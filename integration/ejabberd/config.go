@@ -138,6 +138,7 @@ func (o Options) config(l layout) string {
 	w("    what:")
 	w("      - register")
 	w("      - unregister")
+	w("      - stop")
 	w("modules:")
 	w("  mod_disco: {}")
 	w("  mod_ping: {}")

@@ -541,7 +541,7 @@ func (s *Server) Restart(ctx context.Context) error {
 		return errors.New("ejabberd: server stopped")
 	}
 	if s.proc != nil {
-		s.proc.Stop(stopGrace)
+		s.shutdown(ctx)
 		s.proc = nil
 	}
 	p, err := s.launch(ctx)
@@ -550,6 +550,20 @@ func (s *Server) Restart(ctx context.Context) error {
 	}
 	s.proc = p
 	return nil
+}
+
+// shutdown stops the running VM as an administrator would ("ejabberdctl
+// stop", here through the HTTP API), then by its PID if it is still there
+// after stopGrace.
+func (s *Server) shutdown(ctx context.Context) {
+	if err := s.call(ctx, "stop", map[string]string{}); err == nil {
+		select {
+		case <-s.proc.Done():
+			return
+		case <-time.After(stopGrace):
+		}
+	}
+	s.proc.Stop(stopGrace)
 }
 
 // Stop stops ejabberd (SIGTERM, then SIGKILL after a few seconds), waits for
