@@ -422,7 +422,7 @@ func TestChatUnderCuts(t *testing.T) {
 		}
 		srv := testServer(t, k, servers.Options{Users: map[string]string{"alice": "a-pw", "bob": "b-pw"}})
 		p := newProxy(t, srv)
-		alice := dialStream(t, srv, "alice", viaProxy(p))
+		alice := dialStream(t, srv, "alice", viaProxyOneAtATime(t, p))
 		bob := dialStream(t, srv, "bob", nil)
 		resp := xchat.NewResponder(bob)
 		t.Cleanup(func() { resp.Close() })

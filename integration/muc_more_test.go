@@ -226,7 +226,7 @@ func TestMUCUnderCuts(t *testing.T) {
 	forEachServer(t, func(t *testing.T, k servers.Kind) {
 		srv := testServer(t, k, servers.Options{Users: map[string]string{"alice": "a-pw", "bob": "b-pw"}})
 		p := newProxy(t, srv)
-		alice := dialStream(t, srv, "alice", viaProxy(p))
+		alice := dialStream(t, srv, "alice", viaProxyOneAtATime(t, p))
 		bob := dialStream(t, srv, "bob", nil)
 		room := roomJID(t, srv, "cuts")
 		_, ra := join(t, alice, room, "alice", muc.WithTimeout(time.Minute))
@@ -292,7 +292,7 @@ func TestMUCResumeRefused(t *testing.T) {
 		var gate sync.RWMutex // held while alice must not reconnect
 		streamEvents := make(chan stream.Event, 64)
 		alice := dialStream(t, srv, "alice", func(c *stream.Config) {
-			viaProxy(p)(c)
+			viaProxyOneAtATime(t, p)(c)
 			// A reconnection attempt, bounded by the ack timeout, starts as the
 			// link is declared dead and must outlast the server's hibernation
 			// while its dial is held.

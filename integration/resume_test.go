@@ -95,7 +95,7 @@ func TestResumeUnderCuts(t *testing.T) {
 		p := newProxy(t, srv)
 		var resumed, newSessions atomic.Int32
 		alice := dialStream(t, srv, "alice", func(c *stream.Config) {
-			viaProxy(p)(c)
+			viaProxyOneAtATime(t, p)(c)
 			c.OnEvent = func(ev stream.Event) {
 				switch ev.Kind {
 				case stream.EventResumed:
@@ -169,7 +169,7 @@ func TestResumeRefusedAfterRestart(t *testing.T) {
 		events := make(chan stream.Event, 16)
 		var gate sync.RWMutex // held while alice must not reconnect
 		alice := dialStream(t, srv, "alice", func(c *stream.Config) {
-			viaProxy(p)(c)
+			viaProxyOneAtATime(t, p)(c)
 			dial := c.Dial
 			c.Dial = func(ctx context.Context) (net.Conn, error) {
 				gate.RLock()
@@ -243,7 +243,7 @@ func TestCounterAgreement(t *testing.T) {
 	forEachServer(t, func(t *testing.T, k servers.Kind) {
 		srv := testServer(t, k, servers.Options{Users: map[string]string{"alice": "a-pw", "bob": "b-pw"}})
 		p := newProxy(t, srv)
-		alice := dialStream(t, srv, "alice", viaProxy(p))
+		alice := dialStream(t, srv, "alice", viaProxyOneAtATime(t, p))
 		box := newInbox(alice)
 		bob := dialStream(t, srv, "bob", nil)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -327,7 +327,7 @@ func TestRawCutsEndTruthfully(t *testing.T) {
 		srv := testServer(t, k, servers.Options{Users: map[string]string{"alice": "a-pw", "bob": "b-pw"}})
 		p := newProxy(t, srv)
 		alice := dialStream(t, srv, "alice", func(c *stream.Config) {
-			viaProxy(p)(c)
+			viaProxyOneAtATime(t, p)(c)
 			c.AckTimeout = time.Second
 		})
 		bob := dialStream(t, srv, "bob", nil)

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"github.com/xmpptrack/xmpptrack/integration/faultproxy"
 	"github.com/xmpptrack/xmpptrack/integration/prosody"
 	"github.com/xmpptrack/xmpptrack/integration/servers"
+	"github.com/xmpptrack/xmpptrack/stream"
 )
 
 // server is a running server as the tests use it: a *prosody.Server, an
@@ -169,4 +171,66 @@ func resumableCut(k servers.Kind, p *faultproxy.Proxy) func() {
 		return p.Cut
 	}
 	return p.CutRaw
+}
+
+// attemptGauge counts the connections a stream holds open at once: dialed
+// and not yet closed. Each connection is one attempt to resume (or start)
+// the session, so at most one may be open: two resumption attempts in
+// flight make a server replace one session with the other (ejabberd logs
+// "Replaced by new connection"), and what was written to the loser is lost.
+type attemptGauge struct {
+	mu        sync.Mutex
+	open, max int
+}
+
+// wrap makes a stream config count its connections in g.
+func (g *attemptGauge) wrap(c *stream.Config) {
+	dial := c.Dial
+	c.Dial = func(ctx context.Context) (net.Conn, error) {
+		nc, err := dial(ctx)
+		if err != nil {
+			return nil, err
+		}
+		g.mu.Lock()
+		g.open++
+		g.max = max(g.max, g.open)
+		g.mu.Unlock()
+		return &gaugedConn{Conn: nc, g: g}, nil
+	}
+}
+
+// check fails t if two connections were ever open at once.
+func (g *attemptGauge) check(t testing.TB) {
+	t.Helper()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.max > 1 {
+		t.Errorf("%d connections of one stream were open at once, want one attempt at a time", g.max)
+	}
+}
+
+type gaugedConn struct {
+	net.Conn
+	g    *attemptGauge
+	once sync.Once
+}
+
+func (c *gaugedConn) Close() error {
+	c.once.Do(func() {
+		c.g.mu.Lock()
+		c.g.open--
+		c.g.mu.Unlock()
+	})
+	return c.Conn.Close()
+}
+
+// viaProxyOneAtATime is viaProxy, and fails t when the test ends if the
+// stream ever held two connections open at once (see attemptGauge).
+func viaProxyOneAtATime(t testing.TB, p *faultproxy.Proxy) func(*stream.Config) {
+	g := &attemptGauge{}
+	t.Cleanup(func() { g.check(t) })
+	return func(c *stream.Config) {
+		viaProxy(p)(c)
+		g.wrap(c)
+	}
 }
