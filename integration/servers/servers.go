@@ -86,6 +86,9 @@ type Options struct {
 	Offline bool
 	// NoMUC leaves out the Multi-User Chat service.
 	NoMUC bool
+	// LogLevel is the lowest level logged: "debug", "info", "warn" or
+	// "error"; empty means "info".
+	LogLevel string
 }
 
 // Kind is one server of the table.
@@ -174,6 +177,7 @@ func All() []Kind {
 					Admins:               o.Admins,
 					Offline:              o.Offline,
 					NoMUC:                o.NoMUC,
+					LogLevel:             o.LogLevel,
 				})
 				if err != nil {
 					return nil, err
@@ -193,6 +197,7 @@ func All() []Kind {
 					Admins:               o.Admins,
 					Offline:              o.Offline,
 					NoMUC:                o.NoMUC,
+					LogLevel:             ejabberdLevel(o.LogLevel),
 				})
 				if err != nil {
 					return nil, err
@@ -245,4 +250,12 @@ func Run(t *testing.T, f func(t *testing.T, k Kind)) {
 	for _, k := range kinds {
 		t.Run(k.Name, func(t *testing.T) { f(t, k) })
 	}
+}
+
+// ejabberdLevel names a log level as ejabberd does ("warning", not "warn").
+func ejabberdLevel(level string) string {
+	if level == "warn" {
+		return "warning"
+	}
+	return level
 }
