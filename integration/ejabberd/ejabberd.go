@@ -404,39 +404,18 @@ func (s *Server) call(ctx context.Context, command string, args map[string]strin
 // normalizeUsers checks every localpart and returns the users keyed by their
 // normalized localpart.
 func normalizeUsers(users map[string]string) (map[string]string, error) {
-	out := make(map[string]string, len(users))
-	for local, pass := range users {
-		n, err := normalizeLocal(local)
-		if err != nil {
-			return nil, err
-		}
-		if pass == "" {
-			return nil, fmt.Errorf("ejabberd: user %q has an empty password", local)
-		}
-		if _, dup := out[n]; dup {
-			return nil, fmt.Errorf("ejabberd: users %q collide after normalization", n)
-		}
-		out[n] = pass
-	}
-	return out, nil
+	return serverkit.NormalizeUsers("ejabberd", domain, users)
 }
 
 // normalizeLocal returns the normalized form of a localpart on the server's
 // domain.
 func normalizeLocal(local string) (string, error) {
-	if local == "" {
-		return "", errors.New("ejabberd: empty localpart")
-	}
-	j, err := jid.New(local, domain, "")
-	if err != nil {
-		return "", fmt.Errorf("ejabberd: invalid localpart %q: %w", local, err)
-	}
-	return j.Localpart(), nil
+	return serverkit.NormalizeLocal("ejabberd", domain, local)
 }
 
 // Addr returns the address clients connect to, "127.0.0.1:PORT".
 func (s *Server) Addr() string {
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.layout.port))
+	return serverkit.LoopbackAddr(s.layout.port)
 }
 
 // Domain returns the server's XMPP domain, "localhost".
@@ -454,11 +433,7 @@ func (s *Server) MUCDomain() string {
 // JID returns the bare JID localpart@localhost.
 // It panics if localpart is not a valid localpart.
 func (s *Server) JID(localpart string) jid.JID {
-	j, err := jid.New(localpart, domain, "")
-	if err != nil {
-		panic(fmt.Sprintf("ejabberd: invalid localpart %q: %v", localpart, err))
-	}
-	return j
+	return serverkit.JID("ejabberd", domain, localpart)
 }
 
 // Password returns the password of user localpart, or "" if there is no such
@@ -491,13 +466,7 @@ func (s *Server) AddUsers(ctx context.Context, users map[string]string) error {
 // TLSConfig returns a new TLS configuration for clients that trusts only the
 // server's generated CA and expects the name "localhost".
 func (s *Server) TLSConfig() *tls.Config {
-	pool := x509.NewCertPool()
-	pool.AddCert(s.ca)
-	return &tls.Config{
-		RootCAs:    pool,
-		ServerName: domain,
-		MinVersion: tls.VersionTLS12,
-	}
+	return serverkit.ClientTLS(s.ca, domain)
 }
 
 // CAFile returns the path of the generated CA certificate (PEM).

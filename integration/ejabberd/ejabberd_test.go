@@ -129,7 +129,7 @@ func TestServer(t *testing.T) {
 		for _, want := range []string{
 			"    ip: \"127.0.0.1\"\n", "    shaper: none\n", "  c2s_shaper: none\n",
 			"    backlog: 1024\n", "  mod_stream_mgmt:\n", "    resume_timeout: 60\n",
-			"  mod_mam:\n", "  mod_muc:\n", "      mam: true\n",
+			"  mod_mam: {}\n", "  mod_muc:\n", "      mam: true\n",
 		} {
 			if !strings.Contains(cfg, want) {
 				t.Errorf("config lacks %q", want)

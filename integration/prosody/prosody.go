@@ -22,10 +22,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
-	"strconv"
 	"sync"
 	"time"
 
@@ -275,7 +273,7 @@ func (s *Server) waitReady(ctx context.Context, p *serverkit.Process, logPath st
 
 // Addr returns the address clients connect to, "127.0.0.1:PORT".
 func (s *Server) Addr() string {
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.layout.port))
+	return serverkit.LoopbackAddr(s.layout.port)
 }
 
 // Domain returns the server's XMPP domain, "localhost".
@@ -293,11 +291,7 @@ func (s *Server) MUCDomain() string {
 // JID returns the bare JID localpart@localhost.
 // It panics if localpart is not a valid localpart.
 func (s *Server) JID(localpart string) jid.JID {
-	j, err := jid.New(localpart, domain, "")
-	if err != nil {
-		panic(fmt.Sprintf("prosody: invalid localpart %q: %v", localpart, err))
-	}
-	return j
+	return serverkit.JID("prosody", domain, localpart)
 }
 
 // Password returns the password of user localpart, or "" if there is no such
@@ -336,13 +330,7 @@ func (s *Server) AddUsers(ctx context.Context, users map[string]string) error {
 // TLSConfig returns a new TLS configuration for clients that trusts only the
 // server's generated CA and expects the name "localhost".
 func (s *Server) TLSConfig() *tls.Config {
-	pool := x509.NewCertPool()
-	pool.AddCert(s.ca)
-	return &tls.Config{
-		RootCAs:    pool,
-		ServerName: domain,
-		MinVersion: tls.VersionTLS12,
-	}
+	return serverkit.ClientTLS(s.ca, domain)
 }
 
 // CAFile returns the path of the generated CA certificate (PEM).

@@ -7,9 +7,6 @@ import (
 	"github.com/xmpptrack/xmpptrack/integration/internal/serverkit"
 )
 
-// logTailLines is how many lines of the log a failed test shows.
-const logTailLines = 60
-
 // StartTB starts a server for a test or benchmark and stops it when tb ends;
 // if tb failed, the tail of the Prosody log is logged first.
 // When Prosody is not installed the test is skipped, or fails if the
@@ -17,22 +14,9 @@ const logTailLines = 60
 // error fails it.
 func StartTB(tb testing.TB, opts Options) *Server {
 	tb.Helper()
-	ctx, cancel := context.WithTimeout(tb.Context(), StartTimeout)
-	defer cancel()
-	s, err := Start(ctx, opts)
-	if err != nil {
-		SkipOrFatal(tb, err)
-		return nil
-	}
-	tb.Cleanup(func() {
-		if tb.Failed() {
-			tb.Logf("prosody log (last %d lines):\n%s", logTailLines, s.LogTail(logTailLines))
-		}
-		if err := s.Stop(); err != nil {
-			tb.Errorf("stopping prosody: %v", err)
-		}
-	})
-	return s
+	return serverkit.StartTB(tb, "prosody", StartTimeout, func(ctx context.Context) (*Server, error) {
+		return Start(ctx, opts)
+	}, SkipOrFatal)
 }
 
 // SkipOrFatal ends tb because a server could not be started with error err.
