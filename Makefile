@@ -1,5 +1,6 @@
 # Build, test and CI entry points. "make test" is the one command to run the
-# whole suite; it needs Prosody (see "make prosody-install").
+# whole suite; it needs Prosody and ejabberd (see "make prosody-install" and
+# "make ejabberd-install").
 
 GO ?= go
 GOFLAGS_TEST ?= -race -count=1 -timeout 30m
@@ -7,11 +8,12 @@ GOFLAGS_TEST ?= -race -count=1 -timeout 30m
 # Debian's Prosody 0.12; apt-get needs root, so prefix sudo when not root.
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: all test vet prosody-install
+.PHONY: all test vet prosody-install ejabberd-install
 
 all: test
 
-## test: vet, then run every test (the integration tests start Prosody).
+## test: vet, then run every test (the integration tests start Prosody and
+## ejabberd).
 test: vet
 	$(GO) test $(GOFLAGS_TEST) ./...
 
@@ -27,6 +29,17 @@ prosody-install:
 	else \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prosody; \
+	fi
+
+## ejabberd-install: install ejabberd (23.01 on Debian 12) from Debian's
+## packages unless present. The tests run it as a plain process; the package's
+## own service is not needed.
+ejabberd-install:
+	@if [ -x /usr/sbin/ejabberdctl ] || command -v ejabberdctl >/dev/null 2>&1; then \
+		echo "ejabberd is already installed"; \
+	else \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ejabberd; \
 	fi
 
 .PHONY: demo bench

@@ -17,7 +17,7 @@ import (
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 
-	"github.com/xmpptrack/xmpptrack/integration/prosody"
+	"github.com/xmpptrack/xmpptrack/integration/servers"
 	"github.com/xmpptrack/xmpptrack/muc"
 	"github.com/xmpptrack/xmpptrack/stream"
 	"github.com/xmpptrack/xmpptrack/tracking"
@@ -162,57 +162,59 @@ func deliveredBy(tr *tracking.MessageTracker) (string, bool) {
 // the room learns nothing of her message, and her ids are read from what her
 // stream writes.
 func TestMUCOtherOccupantReusesIDs(t *testing.T) {
-	srv := prosody.StartTB(t, prosody.Options{Users: map[string]string{"alice": "a-pw", "carol": "c-pw"}})
-	p := newProxy(t, srv)
-	var wire wireTap
-	alice := dialStream(t, srv, "alice", func(c *stream.Config) {
-		viaProxy(p)(c)
-		// The link stays stalled for a moment: no ack timeout meanwhile.
-		c.AckTimeout = 30 * time.Second
-		wire.tap(c)
+	forEachServer(t, func(t *testing.T, k servers.Kind) {
+		srv := testServer(t, k, servers.Options{Users: map[string]string{"alice": "a-pw", "carol": "c-pw"}})
+		p := newProxy(t, srv)
+		var wire wireTap
+		alice := dialStream(t, srv, "alice", func(c *stream.Config) {
+			viaProxy(p)(c)
+			// The link stays stalled for a moment: no ack timeout meanwhile.
+			c.AckTimeout = 30 * time.Second
+			wire.tap(c)
+		})
+		carol := dialStream(t, srv, "carol", nil)
+		room := roomJID(t, srv, "spoof")
+		_, ra := join(t, alice, room, "alice")
+		_, rc := join(t, carol, room, "carol")
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+
+		p.Stall()
+		tr, err := ra.SendTrackedMessage(ctx, "from alice")
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := tr.ID()
+		originID := wire.originID(t, id)
+		atAlice := newArrivals(alice, id)
+		atCarol := newArrivals(carol, id)
+
+		if _, err := carol.Send(ctx, groupchatWithIDs(room, id, originID, "from carol")); err != nil {
+			t.Fatal(err)
+		}
+		// Once carol has her reflection, the room has sent her message to alice
+		// too, where the stalled link holds it.
+		atCarol.waitFrom(t, rc.OccupantJID().String(), 10*time.Second)
+		if st := tr.State(); st == tracking.DeliveredToRecipient {
+			t.Fatalf("delivered before alice's message reached the room: %v", tr.Changes())
+		}
+
+		p.Unstall()
+		if st, err := tr.Wait(ctx, tracking.DeliveredToRecipient); st != tracking.DeliveredToRecipient {
+			t.Fatalf("alice's message ended %v (%v): %v", st, err, tr.Changes())
+		}
+		if from, _ := deliveredBy(tr); from != ra.OccupantJID().String() {
+			t.Fatalf("delivered by a message from %q, want %q", from, ra.OccupantJID().String())
+		}
+		atAlice.waitFrom(t, ra.OccupantJID().String(), 10*time.Second)
+		got := atAlice.senders()
+		if len(got) != 2 || got[0] != rc.OccupantJID().String() || got[1] != ra.OccupantJID().String() {
+			t.Fatalf("alice received messages %s from %q, want carol's first, then her own", id, got)
+		}
+		if n := ra.Pending(); n != 0 {
+			t.Fatalf("room still holds %d pending entries", n)
+		}
 	})
-	carol := dialStream(t, srv, "carol", nil)
-	room := roomJID(t, srv, "spoof")
-	_, ra := join(t, alice, room, "alice")
-	_, rc := join(t, carol, room, "carol")
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-
-	p.Stall()
-	tr, err := ra.SendTrackedMessage(ctx, "from alice")
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := tr.ID()
-	originID := wire.originID(t, id)
-	atAlice := newArrivals(alice, id)
-	atCarol := newArrivals(carol, id)
-
-	if _, err := carol.Send(ctx, groupchatWithIDs(room, id, originID, "from carol")); err != nil {
-		t.Fatal(err)
-	}
-	// Once carol has her reflection, the room has sent her message to alice
-	// too, where the stalled link holds it.
-	atCarol.waitFrom(t, rc.OccupantJID().String(), 10*time.Second)
-	if st := tr.State(); st == tracking.DeliveredToRecipient {
-		t.Fatalf("delivered before alice's message reached the room: %v", tr.Changes())
-	}
-
-	p.Unstall()
-	if st, err := tr.Wait(ctx, tracking.DeliveredToRecipient); st != tracking.DeliveredToRecipient {
-		t.Fatalf("alice's message ended %v (%v): %v", st, err, tr.Changes())
-	}
-	if from, _ := deliveredBy(tr); from != ra.OccupantJID().String() {
-		t.Fatalf("delivered by a message from %q, want %q", from, ra.OccupantJID().String())
-	}
-	atAlice.waitFrom(t, ra.OccupantJID().String(), 10*time.Second)
-	got := atAlice.senders()
-	if len(got) != 2 || got[0] != rc.OccupantJID().String() || got[1] != ra.OccupantJID().String() {
-		t.Fatalf("alice received messages %s from %q, want carol's first, then her own", id, got)
-	}
-	if n := ra.Pending(); n != 0 {
-		t.Fatalf("room still holds %d pending entries", n)
-	}
 }
 
 // TestMUCUnderCuts sends 2,000 tracked messages with 50 in flight while
@@ -221,51 +223,68 @@ func TestMUCOtherOccupantReusesIDs(t *testing.T) {
 // reflection, bob sees each message exactly once, and the room keeps
 // nothing of them afterwards.
 func TestMUCUnderCuts(t *testing.T) {
-	srv := prosody.StartTB(t, prosody.Options{Users: map[string]string{"alice": "a-pw", "bob": "b-pw"}})
-	p := newProxy(t, srv)
-	alice := dialStream(t, srv, "alice", viaProxy(p))
-	bob := dialStream(t, srv, "bob", nil)
-	room := roomJID(t, srv, "cuts")
-	_, ra := join(t, alice, room, "alice", muc.WithTimeout(time.Minute))
-	join(t, bob, room, "bob")
-	seen := newGroupchatLog(bob, "alice")
+	forEachServer(t, func(t *testing.T, k servers.Kind) {
+		srv := testServer(t, k, servers.Options{Users: map[string]string{"alice": "a-pw", "bob": "b-pw"}})
+		p := newProxy(t, srv)
+		alice := dialStream(t, srv, "alice", viaProxyOneAtATime(t, p))
+		bob := dialStream(t, srv, "bob", nil)
+		room := roomJID(t, srv, "cuts")
+		_, ra := join(t, alice, room, "alice", muc.WithTimeout(time.Minute))
+		join(t, bob, room, "bob")
+		seen := newGroupchatLog(bob, "alice")
+		// ejabberd marks what it writes again after a resumption with
+		// <delay>Resent</delay>, which looks like room history: such a
+		// reflection must still deliver its tracker.
+		var resent atomic.Int32
+		alice.HandleElement(func(el *stream.Element) {
+			if el.Start.Name.Local != "message" || el.Attr("type") != "groupchat" {
+				return
+			}
+			for _, tok := range el.Inner {
+				if st, ok := tok.(xml.StartElement); ok && st.Name.Space == "urn:xmpp:delay" {
+					resent.Add(1)
+					return
+				}
+			}
+		})
 
-	const n, window, cuts = 2000, 50, 5
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cutDone := cutWhileSending(ctx, alice, n, cuts, true, p.Cut)
-	trs := sendWindow(t, ctx, ra, n, window, "cut %d")
-	<-cutDone
+		const n, window, cuts = 2000, 50, 5
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		cutDone := cutWhileSending(ctx, alice, n, cuts, true, resumableCut(k, p))
+		trs := sendWindow(t, ctx, ra, n, window, "cut %d")
+		<-cutDone
 
-	self := ra.OccupantJID().String()
-	for i, tr := range trs {
-		if st := tr.State(); st != tracking.DeliveredToRecipient {
-			t.Fatalf("message %d: %v (%v)", i, st, tr.Changes())
+		self := ra.OccupantJID().String()
+		for i, tr := range trs {
+			if st := tr.State(); st != tracking.DeliveredToRecipient {
+				t.Fatalf("message %d: %v (%v)", i, st, tr.Changes())
+			}
+			if from, _ := deliveredBy(tr); from != self {
+				t.Fatalf("message %d delivered by a message from %q, want %q", i, from, self)
+			}
 		}
-		if from, _ := deliveredBy(tr); from != self {
-			t.Fatalf("message %d delivered by a message from %q, want %q", i, from, self)
+		seen.waitFor(t, n, 30*time.Second)
+		time.Sleep(300 * time.Millisecond) // let a duplicate arrive
+		seen.mu.Lock()
+		if len(seen.bodies) != n {
+			t.Errorf("bob saw %d distinct messages, want %d", len(seen.bodies), n)
 		}
-	}
-	seen.waitFor(t, n, 30*time.Second)
-	time.Sleep(300 * time.Millisecond) // let a duplicate arrive
-	seen.mu.Lock()
-	if len(seen.bodies) != n {
-		t.Errorf("bob saw %d distinct messages, want %d", len(seen.bodies), n)
-	}
-	for body, k := range seen.bodies {
-		if k != 1 {
-			t.Errorf("bob saw %q %d times", body, k)
+		for body, k := range seen.bodies {
+			if k != 1 {
+				t.Errorf("bob saw %q %d times", body, k)
+			}
 		}
-	}
-	seen.mu.Unlock()
-	if n := ra.Pending(); n != 0 {
-		t.Fatalf("room still holds %d pending entries", n)
-	}
-	st := alice.Stats()
-	t.Logf("connections %d, resumptions %d, new sessions %d", st.Connections, st.Resumptions, st.NewSessions)
-	if st.Resumptions != cuts || st.NewSessions != 0 {
-		t.Errorf("resumed %d times with %d new sessions, want %d and none (attempts %+v)", st.Resumptions, st.NewSessions, cuts, st.Attempts)
-	}
+		seen.mu.Unlock()
+		if n := ra.Pending(); n != 0 {
+			t.Fatalf("room still holds %d pending entries", n)
+		}
+		st := alice.Stats()
+		t.Logf("connections %d, resumptions %d, new sessions %d; %d reflections came with a <delay/>", st.Connections, st.Resumptions, st.NewSessions, resent.Load())
+		if st.Resumptions != cuts || st.NewSessions != 0 {
+			t.Errorf("resumed %d times with %d new sessions, want %d and none (attempts %+v)", st.Resumptions, st.NewSessions, cuts, st.Attempts)
+		}
+	})
 }
 
 // TestMUCResumeRefused stalls alice's link while she sends until her stream
@@ -278,222 +297,224 @@ func TestMUCUnderCuts(t *testing.T) {
 // saw, none is left waiting past its timeout, and every message sent after
 // the rejoin is DELIVERED_TO_RECIPIENT.
 func TestMUCResumeRefused(t *testing.T) {
-	const hibernation = 2 * time.Second
-	srv := prosody.StartTB(t, prosody.Options{
-		Users:           map[string]string{"alice": "a-pw", "bob": "b-pw"},
-		HibernationTime: hibernation,
-	})
-	p := newProxy(t, srv)
-	var gate sync.RWMutex // held while alice must not reconnect
-	streamEvents := make(chan stream.Event, 64)
-	alice := dialStream(t, srv, "alice", func(c *stream.Config) {
-		viaProxy(p)(c)
-		// A reconnection attempt, bounded by the ack timeout, starts as the
-		// link is declared dead and must outlast the server's hibernation
-		// while its dial is held.
-		c.AckTimeout = hibernation + 5*time.Second
-		dial := c.Dial
-		c.Dial = func(ctx context.Context) (net.Conn, error) {
-			gate.RLock()
-			defer gate.RUnlock()
-			return dial(ctx)
-		}
-	})
-	alice.OnEvent(func(ev stream.Event) {
-		select {
-		case streamEvents <- ev:
-		default:
-		}
-	})
-	bob := dialStream(t, srv, "bob", nil)
-	room := roomJID(t, srv, "refused")
-
-	// Longer than the outage, so that the trackers in flight live to see the
-	// new session.
-	const timeout = 15 * time.Second
-	var rejoined atomic.Bool
-	roomEvents := make(chan muc.Event, 16)
-	_, ra := join(t, alice, room, "alice", muc.WithTimeout(timeout), muc.WithEvents(func(ev muc.Event) {
-		if ev.Kind == muc.EventRejoined {
-			rejoined.Store(true)
-		}
-		roomEvents <- ev
-	}))
-	join(t, bob, room, "bob")
-	seen := newGroupchatLog(bob, "alice")
-	self := ra.OccupantJID().String()
-	aliceLeft := make(chan struct{})
-	var leftOnce sync.Once
-	bob.HandleElement(func(el *stream.Element) {
-		if el.Start.Name.Local == "presence" && el.Attr("type") == "unavailable" && el.Attr("from") == self {
-			leftOnce.Do(func() { close(aliceLeft) })
-		}
-	})
-
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-
-	type record struct {
-		body        string
-		tr          *tracking.MessageTracker
-		afterRejoin bool
-		sentAt      time.Time
-	}
-	const window, before, after = 50, 300, 200
-	var (
-		mu      sync.Mutex
-		records []record
-	)
-	sendDone := make(chan error, 1)
-	go func() {
-		sem := make(chan struct{}, window)
-		k := 0
-		for i := 0; k < after; i++ {
+	forEachServer(t, func(t *testing.T, k servers.Kind) {
+		const hibernation = 2 * time.Second
+		srv := testServer(t, k, servers.Options{
+			Users:         map[string]string{"alice": "a-pw", "bob": "b-pw"},
+			ResumeTimeout: hibernation,
+		})
+		p := newProxy(t, srv)
+		var gate sync.RWMutex // held while alice must not reconnect
+		streamEvents := make(chan stream.Event, 64)
+		alice := dialStream(t, srv, "alice", func(c *stream.Config) {
+			viaProxyOneAtATime(t, p)(c)
+			// A reconnection attempt, bounded by the ack timeout, starts as the
+			// link is declared dead and must outlast the server's hibernation
+			// while its dial is held.
+			c.AckTimeout = hibernation + 5*time.Second
+			dial := c.Dial
+			c.Dial = func(ctx context.Context) (net.Conn, error) {
+				gate.RLock()
+				defer gate.RUnlock()
+				return dial(ctx)
+			}
+		})
+		alice.OnEvent(func(ev stream.Event) {
 			select {
-			case sem <- struct{}{}:
+			case streamEvents <- ev:
+			default:
+			}
+		})
+		bob := dialStream(t, srv, "bob", nil)
+		room := roomJID(t, srv, "refused")
+
+		// Longer than the outage, so that the trackers in flight live to see the
+		// new session.
+		const timeout = 15 * time.Second
+		var rejoined atomic.Bool
+		roomEvents := make(chan muc.Event, 16)
+		_, ra := join(t, alice, room, "alice", muc.WithTimeout(timeout), muc.WithEvents(func(ev muc.Event) {
+			if ev.Kind == muc.EventRejoined {
+				rejoined.Store(true)
+			}
+			roomEvents <- ev
+		}))
+		join(t, bob, room, "bob")
+		seen := newGroupchatLog(bob, "alice")
+		self := ra.OccupantJID().String()
+		aliceLeft := make(chan struct{})
+		var leftOnce sync.Once
+		bob.HandleElement(func(el *stream.Element) {
+			if el.Start.Name.Local == "presence" && el.Attr("type") == "unavailable" && el.Attr("from") == self {
+				leftOnce.Do(func() { close(aliceLeft) })
+			}
+		})
+
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+
+		type record struct {
+			body        string
+			tr          *tracking.MessageTracker
+			afterRejoin bool
+			sentAt      time.Time
+		}
+		const window, before, after = 50, 300, 200
+		var (
+			mu      sync.Mutex
+			records []record
+		)
+		sendDone := make(chan error, 1)
+		go func() {
+			sem := make(chan struct{}, window)
+			k := 0
+			for i := 0; k < after; i++ {
+				select {
+				case sem <- struct{}{}:
+				case <-ctx.Done():
+					sendDone <- ctx.Err()
+					return
+				}
+				isAfter := rejoined.Load()
+				body := fmt.Sprintf("refused %d", i)
+				now := time.Now()
+				tr, err := ra.SendTrackedMessage(ctx, body)
+				if err != nil {
+					sendDone <- fmt.Errorf("send %d: %w", i, err)
+					return
+				}
+				mu.Lock()
+				records = append(records, record{body: body, tr: tr, afterRejoin: isAfter, sentAt: now})
+				mu.Unlock()
+				if isAfter {
+					k++
+				}
+				go func() {
+					tr.Wait(ctx, tracking.DeliveredToRecipient)
+					<-sem
+				}()
+			}
+			sendDone <- nil
+		}()
+
+		base := alice.Stats().Sent
+		for alice.Stats().Sent < base+before {
+			select {
+			case err := <-sendDone:
+				t.Fatalf("sending ended early: %v", err)
+			case <-time.After(time.Millisecond):
+			}
+		}
+		gate.Lock()
+		p.Stall()
+		// The stream declares the link dead after its ack timeout.
+		var lost time.Time
+		for disconnected := false; !disconnected; {
+			select {
+			case ev := <-streamEvents:
+				if ev.Kind == stream.EventDisconnected {
+					if !errors.Is(ev.Err, stream.ErrAckTimeout) {
+						t.Errorf("disconnected by %v, want an ack timeout", ev.Err)
+					}
+					disconnected, lost = true, time.Now()
+				}
 			case <-ctx.Done():
-				sendDone <- ctx.Err()
-				return
+				t.Fatal("the stream never declared the stalled link dead")
 			}
-			isAfter := rejoined.Load()
-			body := fmt.Sprintf("refused %d", i)
-			now := time.Now()
-			tr, err := ra.SendTrackedMessage(ctx, body)
-			if err != nil {
-				sendDone <- fmt.Errorf("send %d: %w", i, err)
-				return
-			}
-			mu.Lock()
-			records = append(records, record{body: body, tr: tr, afterRejoin: isAfter, sentAt: now})
-			mu.Unlock()
-			if isAfter {
-				k++
-			}
-			go func() {
-				tr.Wait(ctx, tracking.DeliveredToRecipient)
-				<-sem
-			}()
 		}
-		sendDone <- nil
-	}()
+		// The server learns that the connection is gone, hibernates the session
+		// and drops it: then alice leaves the room.
+		p.Cut()
+		select {
+		case <-aliceLeft:
+		case <-time.After(hibernation + 10*time.Second):
+			t.Fatal("the server did not drop alice's session")
+		}
+		t.Logf("the server dropped the session %v after the stream declared the link dead", time.Since(lost).Round(time.Millisecond))
+		p.Unstall()
+		gate.Unlock()
 
-	base := alice.Stats().Sent
-	for alice.Stats().Sent < base+before {
-		select {
-		case err := <-sendDone:
-			t.Fatalf("sending ended early: %v", err)
-		case <-time.After(time.Millisecond):
-		}
-	}
-	gate.Lock()
-	p.Stall()
-	// The stream declares the link dead after its ack timeout.
-	var lost time.Time
-	for disconnected := false; !disconnected; {
-		select {
-		case ev := <-streamEvents:
-			if ev.Kind == stream.EventDisconnected {
-				if !errors.Is(ev.Err, stream.ErrAckTimeout) {
-					t.Errorf("disconnected by %v, want an ack timeout", ev.Err)
+		for newSession := false; !newSession; {
+			select {
+			case ev := <-streamEvents:
+				if ev.Kind == stream.EventNewSession {
+					if !errors.Is(ev.Err, stream.ErrResumeRefused) {
+						t.Errorf("new session after %v, want a refused resumption (attempts %+v)", ev.Err, alice.Stats().Attempts)
+					}
+					t.Logf("new session: acked %d, lost %d (%v)", ev.Acked, ev.Lost, ev.Err)
+					newSession = true
 				}
-				disconnected, lost = true, time.Now()
+			case <-ctx.Done():
+				t.Fatalf("no new session; attempts %+v", alice.Stats().Attempts)
+			}
+		}
+		select {
+		case ev := <-roomEvents:
+			if ev.Kind != muc.EventRejoined || ev.Room != ra {
+				t.Fatalf("room event %v (%v), want %v", ev.Kind, ev.Err, muc.EventRejoined)
 			}
 		case <-ctx.Done():
-			t.Fatal("the stream never declared the stalled link dead")
+			t.Fatal("the room was not joined again")
 		}
-	}
-	// The server learns that the connection is gone, hibernates the session
-	// and drops it: then alice leaves the room.
-	p.Cut()
-	select {
-	case <-aliceLeft:
-	case <-time.After(hibernation + 10*time.Second):
-		t.Fatal("the server did not drop alice's session")
-	}
-	t.Logf("the server dropped the session %v after the stream declared the link dead", time.Since(lost).Round(time.Millisecond))
-	p.Unstall()
-	gate.Unlock()
+		if err := <-sendDone; err != nil {
+			t.Fatal(err)
+		}
 
-	for newSession := false; !newSession; {
-		select {
-		case ev := <-streamEvents:
-			if ev.Kind == stream.EventNewSession {
-				if !errors.Is(ev.Err, stream.ErrResumeRefused) {
-					t.Errorf("new session after %v, want a refused resumption (attempts %+v)", ev.Err, alice.Stats().Attempts)
+		// Wait until nothing is left in flight: every tracker is final or
+		// delivered, at the latest when its timeout has run out.
+		mu.Lock()
+		defer mu.Unlock()
+		states := make(map[tracking.MessageState]int)
+		for _, r := range records {
+			wctx, wcancel := context.WithDeadline(ctx, r.sentAt.Add(timeout+5*time.Second))
+			st, _ := r.tr.Wait(wctx, tracking.DeliveredToRecipient)
+			wcancel()
+			if st != tracking.DeliveredToRecipient && !st.IsFinal() {
+				t.Errorf("%q still %v past its timeout: %v", r.body, st, r.tr.Changes())
+			}
+			states[st]++
+			if r.afterRejoin && st != tracking.DeliveredToRecipient {
+				t.Errorf("%q, sent after the rejoin, ended %v: %v", r.body, st, r.tr.Changes())
+			}
+			// Written in the new session before the rejoin, a message reaches
+			// a room that no longer has alice.
+			if se := stanzaErr(r.tr); st == tracking.Error && (se == nil || se.Condition != stanza.NotAcceptable) {
+				t.Errorf("%q refused with %+v, want not-acceptable", r.body, se)
+			}
+		}
+		t.Logf("%d messages, %d after the rejoin; states %v", len(records), after, states)
+
+		// Every delivered message was reflected to alice and seen by bob.
+		deadline := time.Now().Add(10 * time.Second)
+		for _, r := range records {
+			if r.tr.State() != tracking.DeliveredToRecipient {
+				continue
+			}
+			if from, _ := deliveredBy(r.tr); from != self {
+				t.Errorf("%q delivered by a message from %q, want %q", r.body, from, self)
+			}
+			for {
+				seen.mu.Lock()
+				k := seen.bodies[r.body]
+				seen.mu.Unlock()
+				if k > 0 {
+					break
 				}
-				t.Logf("new session: acked %d, lost %d (%v)", ev.Acked, ev.Lost, ev.Err)
-				newSession = true
+				if time.Now().After(deadline) {
+					t.Fatalf("%q is DELIVERED_TO_RECIPIENT but bob never saw it", r.body)
+				}
+				time.Sleep(5 * time.Millisecond)
 			}
-		case <-ctx.Done():
-			t.Fatalf("no new session; attempts %+v", alice.Stats().Attempts)
 		}
-	}
-	select {
-	case ev := <-roomEvents:
-		if ev.Kind != muc.EventRejoined || ev.Room != ra {
-			t.Fatalf("room event %v (%v), want %v", ev.Kind, ev.Err, muc.EventRejoined)
-		}
-	case <-ctx.Done():
-		t.Fatal("the room was not joined again")
-	}
-	if err := <-sendDone; err != nil {
-		t.Fatal(err)
-	}
-
-	// Wait until nothing is left in flight: every tracker is final or
-	// delivered, at the latest when its timeout has run out.
-	mu.Lock()
-	defer mu.Unlock()
-	states := make(map[tracking.MessageState]int)
-	for _, r := range records {
-		wctx, wcancel := context.WithDeadline(ctx, r.sentAt.Add(timeout+5*time.Second))
-		st, _ := r.tr.Wait(wctx, tracking.DeliveredToRecipient)
-		wcancel()
-		if st != tracking.DeliveredToRecipient && !st.IsFinal() {
-			t.Errorf("%q still %v past its timeout: %v", r.body, st, r.tr.Changes())
-		}
-		states[st]++
-		if r.afterRejoin && st != tracking.DeliveredToRecipient {
-			t.Errorf("%q, sent after the rejoin, ended %v: %v", r.body, st, r.tr.Changes())
-		}
-		// Written in the new session before the rejoin, a message reaches
-		// a room that no longer has alice.
-		if se := stanzaErr(r.tr); st == tracking.Error && (se == nil || se.Condition != stanza.NotAcceptable) {
-			t.Errorf("%q refused with %+v, want not-acceptable", r.body, se)
-		}
-	}
-	t.Logf("%d messages, %d after the rejoin; states %v", len(records), after, states)
-
-	// Every delivered message was reflected to alice and seen by bob.
-	deadline := time.Now().Add(10 * time.Second)
-	for _, r := range records {
-		if r.tr.State() != tracking.DeliveredToRecipient {
-			continue
-		}
-		if from, _ := deliveredBy(r.tr); from != self {
-			t.Errorf("%q delivered by a message from %q, want %q", r.body, from, self)
-		}
-		for {
-			seen.mu.Lock()
-			k := seen.bodies[r.body]
-			seen.mu.Unlock()
-			if k > 0 {
-				break
+		seen.mu.Lock()
+		for body, k := range seen.bodies {
+			if k != 1 {
+				t.Errorf("bob saw %q %d times", body, k)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%q is DELIVERED_TO_RECIPIENT but bob never saw it", r.body)
-			}
-			time.Sleep(5 * time.Millisecond)
 		}
-	}
-	seen.mu.Lock()
-	for body, k := range seen.bodies {
-		if k != 1 {
-			t.Errorf("bob saw %q %d times", body, k)
+		seen.mu.Unlock()
+		if n := ra.Pending(); n != 0 {
+			t.Fatalf("room still holds %d pending entries", n)
 		}
-	}
-	seen.mu.Unlock()
-	if n := ra.Pending(); n != 0 {
-		t.Fatalf("room still holds %d pending entries", n)
-	}
+	})
 }

@@ -12,20 +12,20 @@ import (
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 
-	"github.com/xmpptrack/xmpptrack/integration/prosody"
+	"github.com/xmpptrack/xmpptrack/integration/servers"
 	"github.com/xmpptrack/xmpptrack/stream"
 )
 
 // dialStream logs user in over STARTTLS and returns the stream; it is closed
 // when the test ends.
-func dialStream(t testing.TB, srv *prosody.Server, user string, mod func(*stream.Config)) *stream.Stream {
+func dialStream(t testing.TB, srv server, user string, mod func(*stream.Config)) *stream.Stream {
 	t.Helper()
 	return dialStreamWithin(t, 20*time.Second, srv, user, mod)
 }
 
 // dialStreamWithin is dialStream with d for the first connection, for links
 // slow enough to need more than dialStream's 20 s.
-func dialStreamWithin(t testing.TB, d time.Duration, srv *prosody.Server, user string, mod func(*stream.Config)) *stream.Stream {
+func dialStreamWithin(t testing.TB, d time.Duration, srv server, user string, mod func(*stream.Config)) *stream.Stream {
 	t.Helper()
 	cfg := stream.Config{
 		JID:      srv.JID(user),
@@ -130,38 +130,40 @@ func chat(to jid.JID, body string) xml.TokenReader {
 }
 
 func TestStreamAcksMessagesToSelf(t *testing.T) {
-	srv := prosody.StartTB(t, prosody.Options{Users: map[string]string{"alice": "alice-pw"}})
-	s := dialStream(t, srv, "alice", nil)
-	in := newInbox(s)
-	if !s.Stats().SMEnabled {
-		t.Fatal("stream management not enabled against Prosody")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	const n = 50
-	var toks []*stream.StanzaToken
-	for i := 0; i < n; i++ {
-		tok, err := s.Send(ctx, chat(s.Addr(), fmt.Sprintf("m%d", i)))
-		if err != nil {
-			t.Fatal(err)
+	forEachServer(t, func(t *testing.T, k servers.Kind) {
+		srv := testServer(t, k, servers.Options{Users: map[string]string{"alice": "alice-pw"}})
+		s := dialStream(t, srv, "alice", nil)
+		in := newInbox(s)
+		if !s.Stats().SMEnabled {
+			t.Fatal("stream management not enabled against Prosody")
 		}
-		toks = append(toks, tok)
-	}
-	for i, tok := range toks {
-		st, err := tok.Wait(ctx)
-		if st != stream.TokenAcked {
-			t.Fatalf("token %d: %v %v", i, st, err)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		const n = 50
+		var toks []*stream.StanzaToken
+		for i := 0; i < n; i++ {
+			tok, err := s.Send(ctx, chat(s.Addr(), fmt.Sprintf("m%d", i)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			toks = append(toks, tok)
 		}
-	}
-	got := in.waitFor(t, n, 10*time.Second)
-	for i := range n {
-		if got[i] != fmt.Sprintf("m%d", i) {
-			t.Fatalf("message %d: got %q", i, got[i])
+		for i, tok := range toks {
+			st, err := tok.Wait(ctx)
+			if st != stream.TokenAcked {
+				t.Fatalf("token %d: %v %v", i, st, err)
+			}
 		}
-	}
-	if err := s.Close(ctx); err != nil {
-		t.Fatalf("close: %v", err)
-	}
+		got := in.waitFor(t, n, 10*time.Second)
+		for i := range n {
+			if got[i] != fmt.Sprintf("m%d", i) {
+				t.Fatalf("message %d: got %q", i, got[i])
+			}
+		}
+		if err := s.Close(ctx); err != nil {
+			t.Fatalf("close: %v", err)
+		}
+	})
 }
 
 func pingPayload() xml.TokenReader {

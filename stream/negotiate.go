@@ -2,13 +2,16 @@ package stream
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"time"
 
+	"mellium.im/sasl"
 	"mellium.im/xmpp"
 	"mellium.im/xmpp/jid"
 	xstream "mellium.im/xmpp/stream"
@@ -54,7 +57,7 @@ func negotiate(ctx context.Context, cfg *Config, conn net.Conn, prev *previous) 
 	if cfg.TLS != nil {
 		features = append(features, xmpp.StartTLS(cfg.TLS))
 	}
-	auth := xmpp.SASL("", cfg.Password, cfg.Mechanisms...)
+	auth := saslFeature(cfg)
 	if cfg.TLS == nil {
 		// mellium offers SASL only on a secured stream; the user asked for
 		// plaintext (loopback tests).
@@ -76,6 +79,40 @@ func negotiate(ctx context.Context, cfg *Config, conn net.Conn, prev *previous) 
 	}
 	n.sess = sess
 	return n, nil
+}
+
+// nsChannelBinding is XEP-0440's stream feature, by which a server says
+// which channel bindings it supports.
+const nsChannelBinding = "urn:xmpp:sasl-cb:0"
+
+// saslFeature is SASL with cfg's mechanisms, except that on TLS 1.3 the
+// channel-binding (-PLUS) ones are left out unless the server advertises
+// its channel bindings (XEP-0440). There a -PLUS mechanism binds with
+// tls-exporter (RFC 9266), which a server that does not say so may not
+// support: ejabberd 23.01 offers SCRAM-SHA-*-PLUS and then refuses the
+// binding ("Invalid channel binding"), so no login would ever succeed.
+// On TLS 1.2 they bind with tls-unique, which such servers support.
+func saslFeature(cfg *Config) xmpp.StreamFeature {
+	auth := xmpp.SASL("", cfg.Password, cfg.Mechanisms...)
+	var unbound []sasl.Mechanism
+	for _, m := range cfg.Mechanisms {
+		if !strings.HasSuffix(m.Name, "-PLUS") {
+			unbound = append(unbound, m)
+		}
+	}
+	if len(unbound) == 0 || len(unbound) == len(cfg.Mechanisms) {
+		return auth
+	}
+	withPlus := auth.Negotiate
+	withoutPlus := xmpp.SASL("", cfg.Password, unbound...).Negotiate
+	auth.Negotiate = func(ctx context.Context, sess *xmpp.Session, data interface{}) (xmpp.SessionState, io.ReadWriter, error) {
+		_, advertised := sess.Feature(nsChannelBinding)
+		if sess.ConnectionState().Version >= tls.VersionTLS13 && !advertised {
+			return withoutPlus(ctx, sess, data)
+		}
+		return withPlus(ctx, sess, data)
+	}
+	return auth
 }
 
 // isSASLFailure reports whether err is the server's SASL <failure/>.
@@ -214,6 +251,20 @@ func skipElement(r xml.TokenReader) error {
 // errDial marks a failure to open a connection: always worth another try.
 var errDial = errors.New("dial")
 
+// goingAwayDelay is the least wait before reconnecting after the server said
+// it is shutting down or sent us to another host.
+const goingAwayDelay = 2 * time.Second
+
+// goingAway reports whether err is the stream error <system-shutdown/> or
+// <see-other-host/>. Such a server may still accept logins for a while
+// (ejabberd 23.01 does for about a second after <system-shutdown/>), and a
+// session there is lost with whatever it acknowledged: reconnect only after
+// goingAwayDelay.
+func goingAway(err error) bool {
+	var se xstream.Error
+	return errors.As(err, &se) && (se.Err == "system-shutdown" || se.Err == "see-other-host")
+}
+
 // transient reports whether a connection error is worth another attempt: the
 // network failed, as opposed to the server refusing us (SASL, bind, a stream
 // error other than a shutdown).
@@ -221,7 +272,7 @@ func transient(err error) bool {
 	var se xstream.Error
 	if errors.As(err, &se) {
 		switch se.Err {
-		case "system-shutdown", "connection-timeout", "reset", "internal-server-error", "remote-connection-failed":
+		case "system-shutdown", "see-other-host", "connection-timeout", "reset", "internal-server-error", "remote-connection-failed":
 			return true
 		}
 		return false

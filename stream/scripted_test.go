@@ -1122,9 +1122,14 @@ func TestScriptedServerEndsStream(t *testing.T) {
 	tests := []struct {
 		name string
 		end  string
+		// pause is the least wait before the next connection: after
+		// <system-shutdown/> the server may still accept logins for a
+		// while, into a session it then loses.
+		pause time.Duration
 	}{
-		{"stream end", "</stream:stream>"},
-		{"stream error", "<stream:error><system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"},
+		{"stream end", "</stream:stream>", 0},
+		{"stream error", "<stream:error><system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>", 1900 * time.Millisecond},
+		{"see other host", "<stream:error><see-other-host xmlns='urn:ietf:params:xml:ns:xmpp-streams'>elsewhere.example:5222</see-other-host></stream:error></stream:stream>", 1900 * time.Millisecond},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1134,10 +1139,14 @@ func TestScriptedServerEndsStream(t *testing.T) {
 			c.Stanzas(t, 3)
 			c.Write(t, ackH(1))
 			waitState(t, stream.TokenAcked, toks[0])
+			ended := time.Now()
 			c.Write(t, tc.end)
 			c.Close()
 
-			c2 := h.srv.Next(t)
+			c2 := h.srv.NextWithin(t, tc.pause+fakeserver.Timeout)
+			if waited := time.Since(ended); waited < tc.pause {
+				t.Errorf("reconnected %v after the stream ended, want at least %v", waited, tc.pause)
+			}
 			if c2.Resume != nil {
 				t.Fatalf("the client resumed a session the server ended: %+v", c2.Resume)
 			}

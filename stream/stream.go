@@ -601,8 +601,13 @@ func (u *unreadable) lost(err error, in uint32) bool {
 // session follows without trying; lost is why the connection was lost. It
 // returns the new connection.
 func (s *Stream) reconnect(lost time.Time, resume bool, notResumed, cause error) (*conn, error) {
+	why := cause // what ended the last connection or attempt
 	for attempt := 0; ; attempt++ {
-		t := time.NewTimer(s.cfg.Backoff.delay(attempt))
+		delay := s.cfg.Backoff.delay(attempt)
+		if goingAway(why) {
+			delay = max(delay, goingAwayDelay)
+		}
+		t := time.NewTimer(delay)
 		select {
 		case <-t.C:
 		case <-s.closeCh:
@@ -639,6 +644,7 @@ func (s *Stream) reconnect(lost time.Time, resume bool, notResumed, cause error)
 			c, n, err = s.connectWithin(prev, s.cfg.Dial)
 		}
 		at := Attempt{At: time.Now(), Resume: prev != nil, Err: err}
+		why = err
 		if err != nil {
 			at.Outcome = "error"
 			s.record(at)

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/xmpptrack/xmpptrack/integration/prosody"
+	"github.com/xmpptrack/xmpptrack/integration/servers"
 )
 
 // build compiles the command into a temporary directory.
@@ -88,124 +88,126 @@ type line struct {
 }
 
 func TestMUC(t *testing.T) {
-	srv := prosody.StartTB(t, prosody.Options{Users: map[string]string{"alice": "alice-pw"}})
 	bin := build(t)
-	room := "cli@" + srv.MUCDomain()
-	args := func(extra ...string) []string {
-		return append([]string{"muc", "-addr", srv.Addr(), "-ca", srv.CAFile(),
-			"-jid", srv.JID("alice").String(), "-password", "alice-pw", "-room", room}, extra...)
-	}
-
-	t.Run("json", func(t *testing.T) {
-		const n = 50
-		r := runCmd(t, bin, args("-json", "-n", strconv.Itoa(n), "-window", "10")...)
-		if r.code != 0 {
-			t.Fatalf("exit status %d\nstderr: %s\nstdout:\n%s", r.code, r.stderr, r.stdout)
+	servers.Run(t, func(t *testing.T, k servers.Kind) {
+		srv := k.StartTB(t, servers.Options{Users: map[string]string{"alice": "alice-pw"}})
+		room := "cli@" + srv.MUCDomain()
+		args := func(extra ...string) []string {
+			return append([]string{"muc", "-addr", srv.Addr(), "-ca", srv.CAFile(),
+				"-jid", srv.JID("alice").String(), "-password", "alice-pw", "-room", room}, extra...)
 		}
-		seen := make(map[int]bool)
-		ids := make(map[string]bool)
-		summaries := 0
-		sc := bufio.NewScanner(strings.NewReader(r.stdout))
-		for sc.Scan() {
-			var l line
-			if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
-				t.Fatalf("line %q: %v", sc.Text(), err)
+
+		t.Run("json", func(t *testing.T) {
+			const n = 50
+			r := runCmd(t, bin, args("-json", "-n", strconv.Itoa(n), "-window", "10")...)
+			if r.code != 0 {
+				t.Fatalf("exit status %d\nstderr: %s\nstdout:\n%s", r.code, r.stderr, r.stdout)
 			}
-			switch {
-			case l.Summary != nil:
-				summaries++
-				s := l.Summary
-				if s.Sent != n || s.States["DELIVERED_TO_RECIPIENT"] != n || len(s.States) != 1 {
-					t.Errorf("summary %+v, want %d sent and delivered", *s, n)
+			seen := make(map[int]bool)
+			ids := make(map[string]bool)
+			summaries := 0
+			sc := bufio.NewScanner(strings.NewReader(r.stdout))
+			for sc.Scan() {
+				var l line
+				if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+					t.Fatalf("line %q: %v", sc.Text(), err)
 				}
-				if s.MsgsPerS <= 0 || s.P50Ms <= 0 || s.P99Ms < s.P50Ms || s.CPUMicros <= 0 || s.Resumptions == nil {
-					t.Errorf("summary figures missing: %s", sc.Text())
+				switch {
+				case l.Summary != nil:
+					summaries++
+					s := l.Summary
+					if s.Sent != n || s.States["DELIVERED_TO_RECIPIENT"] != n || len(s.States) != 1 {
+						t.Errorf("summary %+v, want %d sent and delivered", *s, n)
+					}
+					if s.MsgsPerS <= 0 || s.P50Ms <= 0 || s.P99Ms < s.P50Ms || s.CPUMicros <= 0 || s.Resumptions == nil {
+						t.Errorf("summary figures missing: %s", sc.Text())
+					}
+				case l.Index != nil:
+					if summaries > 0 {
+						t.Errorf("message line after the summary: %s", sc.Text())
+					}
+					if seen[*l.Index] || *l.Index < 0 || *l.Index >= n {
+						t.Errorf("index %d repeated or out of range", *l.Index)
+					}
+					seen[*l.Index] = true
+					if l.State != "DELIVERED_TO_RECIPIENT" || l.ID == "" || ids[l.ID] || l.LatencyMs <= 0 {
+						t.Errorf("message line %s", sc.Text())
+					}
+					ids[l.ID] = true
+				default:
+					t.Errorf("unknown line %s", sc.Text())
 				}
-			case l.Index != nil:
-				if summaries > 0 {
-					t.Errorf("message line after the summary: %s", sc.Text())
-				}
-				if seen[*l.Index] || *l.Index < 0 || *l.Index >= n {
-					t.Errorf("index %d repeated or out of range", *l.Index)
-				}
-				seen[*l.Index] = true
-				if l.State != "DELIVERED_TO_RECIPIENT" || l.ID == "" || ids[l.ID] || l.LatencyMs <= 0 {
-					t.Errorf("message line %s", sc.Text())
-				}
-				ids[l.ID] = true
-			default:
-				t.Errorf("unknown line %s", sc.Text())
 			}
-		}
-		if len(seen) != n || summaries != 1 {
-			t.Fatalf("%d message lines and %d summaries, want %d and 1", len(seen), summaries, n)
-		}
-	})
-
-	t.Run("plain lines", func(t *testing.T) {
-		r := runCmd(t, bin, args("-n", "3", "-body", "plain %d")...)
-		if r.code != 0 {
-			t.Fatalf("exit status %d: %s", r.code, r.stderr)
-		}
-		if strings.Count(r.stdout, "DELIVERED_TO_RECIPIENT") < 4 || strings.Contains(r.stdout, "\r") || !strings.Contains(r.stdout, "summary") {
-			t.Fatalf("output:\n%s", r.stdout)
-		}
-	})
-
-	t.Run("timed out", func(t *testing.T) {
-		// A timeout too short for any reflection: the message is TIMED_OUT
-		// and the exit status says that not every message was delivered.
-		r := runCmd(t, bin, args("-json", "-timeout", "1ns")...)
-		checkOneLineError(t, r)
-		if !strings.Contains(r.stdout, `"TIMED_OUT"`) {
-			t.Fatalf("stdout:\n%s", r.stdout)
-		}
-	})
-
-	t.Run("wrong password", func(t *testing.T) {
-		r := runCmd(t, bin, "muc", "-addr", srv.Addr(), "-ca", srv.CAFile(),
-			"-jid", srv.JID("alice").String(), "-password", "wrong", "-room", room)
-		checkOneLineError(t, r)
-		if !strings.Contains(r.stderr, "refused") {
-			t.Errorf("stderr does not say the login was refused: %s", r.stderr)
-		}
-	})
-
-	t.Run("unreachable", func(t *testing.T) {
-		r := runCmd(t, bin, "muc", "-addr", "127.0.0.1:1", "-ca", srv.CAFile(),
-			"-jid", srv.JID("alice").String(), "-password", "alice-pw", "-room", room)
-		checkOneLineError(t, r)
-	})
-
-	t.Run("untrusted certificate", func(t *testing.T) {
-		r := runCmd(t, bin, "muc", "-addr", srv.Addr(),
-			"-jid", srv.JID("alice").String(), "-password", "alice-pw", "-room", room)
-		checkOneLineError(t, r)
-	})
-
-	t.Run("room refuses", func(t *testing.T) {
-		// Remote domains are disabled on the test server: the join is
-		// refused.
-		r := runCmd(t, bin, args("-room", "cli@conference.example.org")...)
-		checkOneLineError(t, r)
-	})
-
-	for name, bad := range map[string][]string{
-		"unknown flag":   {"muc", "-bogus"},
-		"bad number":     {"muc", "-n", "many"},
-		"bad jid":        {"muc", "-jid", "@@", "-password", "x", "-room", room},
-		"missing room":   {"muc", "-jid", "alice@localhost", "-password", "x"},
-		"no command":     {},
-		"unknown cmd":    {"send"},
-		"plain remote":   {"muc", "-plain", "-addr", "192.0.2.1:5222", "-jid", "alice@localhost", "-password", "x", "-room", room},
-		"negative n":     {"muc", "-jid", "alice@localhost", "-password", "x", "-room", room, "-n", "0"},
-		"stray argument": {"muc", "extra"},
-		"metrics addr":   {"muc", "-jid", "alice@localhost", "-password", "x", "-room", room, "-metrics-addr", "9464"},
-	} {
-		t.Run(name, func(t *testing.T) {
-			checkOneLineError(t, runCmd(t, bin, bad...))
+			if len(seen) != n || summaries != 1 {
+				t.Fatalf("%d message lines and %d summaries, want %d and 1", len(seen), summaries, n)
+			}
 		})
-	}
+
+		t.Run("plain lines", func(t *testing.T) {
+			r := runCmd(t, bin, args("-n", "3", "-body", "plain %d")...)
+			if r.code != 0 {
+				t.Fatalf("exit status %d: %s", r.code, r.stderr)
+			}
+			if strings.Count(r.stdout, "DELIVERED_TO_RECIPIENT") < 4 || strings.Contains(r.stdout, "\r") || !strings.Contains(r.stdout, "summary") {
+				t.Fatalf("output:\n%s", r.stdout)
+			}
+		})
+
+		t.Run("timed out", func(t *testing.T) {
+			// A timeout too short for any reflection: the message is TIMED_OUT
+			// and the exit status says that not every message was delivered.
+			r := runCmd(t, bin, args("-json", "-timeout", "1ns")...)
+			checkOneLineError(t, r)
+			if !strings.Contains(r.stdout, `"TIMED_OUT"`) {
+				t.Fatalf("stdout:\n%s", r.stdout)
+			}
+		})
+
+		t.Run("wrong password", func(t *testing.T) {
+			r := runCmd(t, bin, "muc", "-addr", srv.Addr(), "-ca", srv.CAFile(),
+				"-jid", srv.JID("alice").String(), "-password", "wrong", "-room", room)
+			checkOneLineError(t, r)
+			if !strings.Contains(r.stderr, "refused") {
+				t.Errorf("stderr does not say the login was refused: %s", r.stderr)
+			}
+		})
+
+		t.Run("unreachable", func(t *testing.T) {
+			r := runCmd(t, bin, "muc", "-addr", "127.0.0.1:1", "-ca", srv.CAFile(),
+				"-jid", srv.JID("alice").String(), "-password", "alice-pw", "-room", room)
+			checkOneLineError(t, r)
+		})
+
+		t.Run("untrusted certificate", func(t *testing.T) {
+			r := runCmd(t, bin, "muc", "-addr", srv.Addr(),
+				"-jid", srv.JID("alice").String(), "-password", "alice-pw", "-room", room)
+			checkOneLineError(t, r)
+		})
+
+		t.Run("room refuses", func(t *testing.T) {
+			// Remote domains are disabled on the test server: the join is
+			// refused.
+			r := runCmd(t, bin, args("-room", "cli@conference.example.org")...)
+			checkOneLineError(t, r)
+		})
+
+		for name, bad := range map[string][]string{
+			"unknown flag":   {"muc", "-bogus"},
+			"bad number":     {"muc", "-n", "many"},
+			"bad jid":        {"muc", "-jid", "@@", "-password", "x", "-room", room},
+			"missing room":   {"muc", "-jid", "alice@localhost", "-password", "x"},
+			"no command":     {},
+			"unknown cmd":    {"send"},
+			"plain remote":   {"muc", "-plain", "-addr", "192.0.2.1:5222", "-jid", "alice@localhost", "-password", "x", "-room", room},
+			"negative n":     {"muc", "-jid", "alice@localhost", "-password", "x", "-room", room, "-n", "0"},
+			"stray argument": {"muc", "extra"},
+			"metrics addr":   {"muc", "-jid", "alice@localhost", "-password", "x", "-room", room, "-metrics-addr", "9464"},
+		} {
+			t.Run(name, func(t *testing.T) {
+				checkOneLineError(t, runCmd(t, bin, bad...))
+			})
+		}
+	})
 }
 
 // lineBuf collects a process's output and says when it grows.
@@ -357,128 +359,130 @@ func parseJSONLines(t *testing.T, r result, n int) chatRun {
 }
 
 func TestChat(t *testing.T) {
-	users := map[string]string{"alice": "alice-pw", "bob": "bob-pw"}
-	srv := prosody.StartTB(t, prosody.Options{Users: users})
 	bin := build(t)
-	login := func(user string) []string {
-		return []string{"-addr", srv.Addr(), "-ca", srv.CAFile(), "-jid", srv.JID(user).String(), "-password", users[user]}
-	}
-	chat := func(extra ...string) []string {
-		return append(append([]string{"chat"}, login("alice")...), extra...)
-	}
-	bob := srv.JID("bob").String()
-
-	// bob answers receipt requests but never marks anything displayed.
-	resp := startResponder(t, bin, login("bob")...)
-	answered := 0 // by resp, in the subtests that passed
-
-	t.Run("delivered", func(t *testing.T) {
-		const n = 20
-		r := runCmd(t, bin, chat("-to", bob, "-n", strconv.Itoa(n), "-json")...)
-		if r.code != 0 {
-			t.Fatalf("exit status %d\nstderr: %s\nstdout:\n%s", r.code, r.stderr, r.stdout)
+	servers.Run(t, func(t *testing.T, k servers.Kind) {
+		users := map[string]string{"alice": "alice-pw", "bob": "bob-pw"}
+		srv := k.StartTB(t, servers.Options{Users: users})
+		login := func(user string) []string {
+			return []string{"-addr", srv.Addr(), "-ca", srv.CAFile(), "-jid", srv.JID(user).String(), "-password", users[user]}
 		}
-		cr := parseJSONLines(t, r, n)
-		ids := make(map[string]bool)
-		for _, l := range cr.msgs {
-			if l.State != "DELIVERED_TO_RECIPIENT" || l.ID == "" || ids[l.ID] || l.LatencyMs <= 0 {
-				t.Errorf("message line %+v", l)
+		chat := func(extra ...string) []string {
+			return append(append([]string{"chat"}, login("alice")...), extra...)
+		}
+		bob := srv.JID("bob").String()
+
+		// bob answers receipt requests but never marks anything displayed.
+		resp := startResponder(t, bin, login("bob")...)
+		answered := 0 // by resp, in the subtests that passed
+
+		t.Run("delivered", func(t *testing.T) {
+			const n = 20
+			r := runCmd(t, bin, chat("-to", bob, "-n", strconv.Itoa(n), "-json")...)
+			if r.code != 0 {
+				t.Fatalf("exit status %d\nstderr: %s\nstdout:\n%s", r.code, r.stderr, r.stdout)
 			}
-			ids[l.ID] = true
-		}
-		if s := cr.summary.Summary; s.MsgsPerS <= 0 || s.P50Ms <= 0 || s.P99Ms < s.P50Ms {
-			t.Errorf("summary figures missing: %+v", *s)
-		}
-		answered += n
-	})
-
-	t.Run("full JID", func(t *testing.T) {
-		r := runCmd(t, bin, chat("-to", resp.addr, "-n", "3", "-window", "0")...)
-		if r.code != 0 {
-			t.Fatalf("exit status %d: %s", r.code, r.stderr)
-		}
-		if strings.Count(r.stdout, "DELIVERED_TO_RECIPIENT") < 4 || !strings.Contains(r.stdout, "summary") {
-			t.Fatalf("output:\n%s", r.stdout)
-		}
-		answered += 3
-	})
-
-	t.Run("not seen", func(t *testing.T) {
-		// Delivered, but bob never displays them: each message ends at
-		// DELIVERED_TO_RECIPIENT at the timeout, short of the goal.
-		r := runCmd(t, bin, chat("-to", bob, "-n", "3", "-json", "-wait", "seen", "-timeout", "2s")...)
-		checkOneLineError(t, r)
-		cr := parseJSONLines(t, r, 3)
-		if cr.states["DELIVERED_TO_RECIPIENT"] != 3 || !strings.Contains(r.stdout, "not SEEN_BY_RECIPIENT before the timeout") {
-			t.Fatalf("stdout:\n%s", r.stdout)
-		}
-		if !strings.Contains(r.stderr, "did not reach SEEN_BY_RECIPIENT") {
-			t.Errorf("stderr: %s", r.stderr)
-		}
-		answered += 3
-	})
-
-	want := fmt.Sprintf("received %d messages, answered %d receipt requests, marked 0 displayed", answered, answered)
-	if got := resp.stop(t); got != want {
-		t.Errorf("responder: %q, want %q", got, want)
-	}
-
-	t.Run("seen", func(t *testing.T) {
-		const n, delay = 20, 50 * time.Millisecond
-		resp := startResponder(t, bin, append(login("bob"), "-display-after", delay.String())...)
-		r := runCmd(t, bin, chat("-to", bob, "-n", strconv.Itoa(n), "-json", "-wait", "seen")...)
-		if r.code != 0 {
-			t.Fatalf("exit status %d\nstderr: %s\nstdout:\n%s", r.code, r.stderr, r.stdout)
-		}
-		cr := parseJSONLines(t, r, n)
-		for _, l := range cr.msgs {
-			if l.State != "SEEN_BY_RECIPIENT" || l.ID == "" || l.LatencyMs < float64(delay/time.Millisecond) {
-				t.Errorf("message line %+v, want SEEN_BY_RECIPIENT after at least %v", l, delay)
+			cr := parseJSONLines(t, r, n)
+			ids := make(map[string]bool)
+			for _, l := range cr.msgs {
+				if l.State != "DELIVERED_TO_RECIPIENT" || l.ID == "" || ids[l.ID] || l.LatencyMs <= 0 {
+					t.Errorf("message line %+v", l)
+				}
+				ids[l.ID] = true
 			}
-		}
-		if s := cr.summary.Summary; s.P50Ms < float64(delay/time.Millisecond) {
-			t.Errorf("p50 %v ms: the latency is not to SEEN_BY_RECIPIENT", s.P50Ms)
-		}
-		if got := resp.stop(t); !strings.HasPrefix(got, fmt.Sprintf("received %d messages, answered %d receipt requests, marked %d displayed", n, n, n)) {
-			t.Errorf("responder: %q", got)
-		}
-	})
+			if s := cr.summary.Summary; s.MsgsPerS <= 0 || s.P50Ms <= 0 || s.P99Ms < s.P50Ms {
+				t.Errorf("summary figures missing: %+v", *s)
+			}
+			answered += n
+		})
 
-	t.Run("no such user", func(t *testing.T) {
-		r := runCmd(t, bin, chat("-to", srv.JID("nobody").String(), "-n", "3", "-json")...)
-		checkOneLineError(t, r)
-		cr := parseJSONLines(t, r, 3)
-		if cr.states["ERROR"] != 3 {
-			t.Fatalf("states %v, want 3 ERROR; stdout:\n%s", cr.states, r.stdout)
-		}
-		if !strings.Contains(r.stderr, "3 of 3 messages did not reach DELIVERED_TO_RECIPIENT (3 ERROR)") {
-			t.Errorf("stderr: %s", r.stderr)
-		}
-	})
+		t.Run("full JID", func(t *testing.T) {
+			r := runCmd(t, bin, chat("-to", resp.addr, "-n", "3", "-window", "0")...)
+			if r.code != 0 {
+				t.Fatalf("exit status %d: %s", r.code, r.stderr)
+			}
+			if strings.Count(r.stdout, "DELIVERED_TO_RECIPIENT") < 4 || !strings.Contains(r.stdout, "summary") {
+				t.Fatalf("output:\n%s", r.stdout)
+			}
+			answered += 3
+		})
 
-	t.Run("responder for", func(t *testing.T) {
-		r := runCmd(t, bin, append(append([]string{"chat-responder"}, login("bob")...), "-for", "100ms")...)
-		if r.code != 0 || !strings.HasPrefix(r.stdout, "ready: ") || !strings.Contains(r.stdout, "received 0 messages") {
-			t.Fatalf("exit %d\nstdout:\n%s\nstderr: %s", r.code, r.stdout, r.stderr)
-		}
-	})
-
-	for name, bad := range map[string][]string{
-		"missing to":          chat(),
-		"bad to":              chat("-to", "@@"),
-		"bad wait":            chat("-to", bob, "-wait", "read"),
-		"negative window":     chat("-to", bob, "-window", "-1"),
-		"stray argument":      chat("-to", bob, "extra"),
-		"missing password":    {"chat", "-jid", "alice@localhost", "-to", bob},
-		"responder bad delay": {"chat-responder", "-jid", "bob@localhost", "-password", "x", "-display-after", "-1s"},
-		"responder room":      {"chat-responder", "-jid", "bob@localhost", "-password", "x", "-room", "r@conference.localhost"},
-	} {
-		t.Run(name, func(t *testing.T) {
-			r := runCmd(t, bin, bad...)
+		t.Run("not seen", func(t *testing.T) {
+			// Delivered, but bob never displays them: each message ends at
+			// DELIVERED_TO_RECIPIENT at the timeout, short of the goal.
+			r := runCmd(t, bin, chat("-to", bob, "-n", "3", "-json", "-wait", "seen", "-timeout", "2s")...)
 			checkOneLineError(t, r)
-			if r.code != 2 {
-				t.Errorf("exit status %d, want 2", r.code)
+			cr := parseJSONLines(t, r, 3)
+			if cr.states["DELIVERED_TO_RECIPIENT"] != 3 || !strings.Contains(r.stdout, "not SEEN_BY_RECIPIENT before the timeout") {
+				t.Fatalf("stdout:\n%s", r.stdout)
+			}
+			if !strings.Contains(r.stderr, "did not reach SEEN_BY_RECIPIENT") {
+				t.Errorf("stderr: %s", r.stderr)
+			}
+			answered += 3
+		})
+
+		want := fmt.Sprintf("received %d messages, answered %d receipt requests, marked 0 displayed", answered, answered)
+		if got := resp.stop(t); got != want {
+			t.Errorf("responder: %q, want %q", got, want)
+		}
+
+		t.Run("seen", func(t *testing.T) {
+			const n, delay = 20, 50 * time.Millisecond
+			resp := startResponder(t, bin, append(login("bob"), "-display-after", delay.String())...)
+			r := runCmd(t, bin, chat("-to", bob, "-n", strconv.Itoa(n), "-json", "-wait", "seen")...)
+			if r.code != 0 {
+				t.Fatalf("exit status %d\nstderr: %s\nstdout:\n%s", r.code, r.stderr, r.stdout)
+			}
+			cr := parseJSONLines(t, r, n)
+			for _, l := range cr.msgs {
+				if l.State != "SEEN_BY_RECIPIENT" || l.ID == "" || l.LatencyMs < float64(delay/time.Millisecond) {
+					t.Errorf("message line %+v, want SEEN_BY_RECIPIENT after at least %v", l, delay)
+				}
+			}
+			if s := cr.summary.Summary; s.P50Ms < float64(delay/time.Millisecond) {
+				t.Errorf("p50 %v ms: the latency is not to SEEN_BY_RECIPIENT", s.P50Ms)
+			}
+			if got := resp.stop(t); !strings.HasPrefix(got, fmt.Sprintf("received %d messages, answered %d receipt requests, marked %d displayed", n, n, n)) {
+				t.Errorf("responder: %q", got)
 			}
 		})
-	}
+
+		t.Run("no such user", func(t *testing.T) {
+			r := runCmd(t, bin, chat("-to", srv.JID("nobody").String(), "-n", "3", "-json")...)
+			checkOneLineError(t, r)
+			cr := parseJSONLines(t, r, 3)
+			if cr.states["ERROR"] != 3 {
+				t.Fatalf("states %v, want 3 ERROR; stdout:\n%s", cr.states, r.stdout)
+			}
+			if !strings.Contains(r.stderr, "3 of 3 messages did not reach DELIVERED_TO_RECIPIENT (3 ERROR)") {
+				t.Errorf("stderr: %s", r.stderr)
+			}
+		})
+
+		t.Run("responder for", func(t *testing.T) {
+			r := runCmd(t, bin, append(append([]string{"chat-responder"}, login("bob")...), "-for", "100ms")...)
+			if r.code != 0 || !strings.HasPrefix(r.stdout, "ready: ") || !strings.Contains(r.stdout, "received 0 messages") {
+				t.Fatalf("exit %d\nstdout:\n%s\nstderr: %s", r.code, r.stdout, r.stderr)
+			}
+		})
+
+		for name, bad := range map[string][]string{
+			"missing to":          chat(),
+			"bad to":              chat("-to", "@@"),
+			"bad wait":            chat("-to", bob, "-wait", "read"),
+			"negative window":     chat("-to", bob, "-window", "-1"),
+			"stray argument":      chat("-to", bob, "extra"),
+			"missing password":    {"chat", "-jid", "alice@localhost", "-to", bob},
+			"responder bad delay": {"chat-responder", "-jid", "bob@localhost", "-password", "x", "-display-after", "-1s"},
+			"responder room":      {"chat-responder", "-jid", "bob@localhost", "-password", "x", "-room", "r@conference.localhost"},
+		} {
+			t.Run(name, func(t *testing.T) {
+				r := runCmd(t, bin, bad...)
+				checkOneLineError(t, r)
+				if r.code != 2 {
+					t.Errorf("exit status %d, want 2", r.code)
+				}
+			})
+		}
+	})
 }

@@ -1,96 +1,19 @@
 package prosody
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"fmt"
-	"math/big"
-	"net"
-	"os"
-	"time"
-)
 
-// certValidity is how long the generated certificates are valid. A server
-// lives for one test run or one development session; a year is plenty.
-const certValidity = 365 * 24 * time.Hour
+	"github.com/xmpptrack/xmpptrack/integration/internal/serverkit"
+)
 
 // writeCertificates makes a fresh CA and a server certificate signed by it
 // for the server's hosts, and writes them into l's directory.
 // It returns the CA certificate.
 func writeCertificates(l layout) (*x509.Certificate, error) {
-	now := time.Now()
-
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("prosody: generating CA key: %w", err)
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          serial(),
-		Subject:               pkix.Name{Organization: []string{"xmpptrack"}, CommonName: "xmpptrack test CA"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(certValidity),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		MaxPathLenZero:        true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		return nil, fmt.Errorf("prosody: creating CA certificate: %w", err)
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		return nil, fmt.Errorf("prosody: parsing CA certificate: %w", err)
-	}
-
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("prosody: generating server key: %w", err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{Organization: []string{"xmpptrack"}, CommonName: domain},
-		DNSNames:     []string{domain, mucDomain},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(certValidity),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		return nil, fmt.Errorf("prosody: creating server certificate: %w", err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, fmt.Errorf("prosody: encoding server key: %w", err)
-	}
-
-	files := []struct {
-		path  string
-		block *pem.Block
-		perm  os.FileMode
-	}{
+	return serverkit.WriteCertificates(serverkit.CertFiles{
 		// The CA stays out of the folder Prosody indexes for certificates.
-		{l.path(caCertFile), &pem.Block{Type: "CERTIFICATE", Bytes: caDER}, 0o644},
-		{l.path(certDir, certFile), &pem.Block{Type: "CERTIFICATE", Bytes: der}, 0o644},
-		{l.path(certDir, keyFile), &pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}, 0o600},
-	}
-	for _, f := range files {
-		if err := os.WriteFile(f.path, pem.EncodeToMemory(f.block), f.perm); err != nil {
-			return nil, fmt.Errorf("prosody: writing certificate files: %w", err)
-		}
-	}
-	return ca, nil
-}
-
-// serial returns a random certificate serial number.
-func serial() *big.Int {
-	// rand.Int only fails if the reader fails, and crypto/rand never does.
-	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	return n
+		CA:   l.path(caCertFile),
+		Cert: l.path(certDir, certFile),
+		Key:  l.path(certDir, keyFile),
+	}, domain, mucDomain)
 }

@@ -131,6 +131,13 @@ func (o Options) config(l layout) string {
 	if o.MAM {
 		w("default_archive_policy = true")
 	}
+	if len(o.Admins) > 0 {
+		admins := make([]string, len(o.Admins))
+		for i, a := range o.Admins {
+			admins[i] = a + "@" + domain
+		}
+		w("admins = %s", luaList(admins))
+	}
 	if o.ExtraGlobal != "" {
 		w("")
 		w("-- Options.ExtraGlobal")

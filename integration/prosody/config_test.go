@@ -75,6 +75,7 @@ func TestConfigOptions(t *testing.T) {
 	cfg := Options{
 		HibernationTime:      1500 * time.Millisecond,
 		RestrictRoomCreation: true,
+		Admins:               []string{"bob"},
 		Offline:              true,
 		ExtraGlobal:          "smacks_max_unacked_stanzas = 5\n",
 		LogLevel:             "debug",
@@ -82,6 +83,7 @@ func TestConfigOptions(t *testing.T) {
 	for _, want := range []string{
 		"smacks_hibernation_time = 2\n", // rounded up to whole seconds
 		"\trestrict_room_creation = true\n",
+		`admins = { "bob@localhost" }` + "\n",
 		`modules_disabled = { "s2s" }` + "\n", // offline stays enabled
 		`levels = { min = "debug" }`,
 	} {
@@ -221,7 +223,7 @@ func TestWriteAccount(t *testing.T) {
 func TestRestartPortTaken(t *testing.T) {
 	s := StartTB(t, Options{})
 	s.mu.Lock()
-	s.proc.stop()
+	s.proc.Stop(stopGrace)
 	s.proc = nil
 	s.mu.Unlock()
 

@@ -23,15 +23,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
-	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	"mellium.im/xmpp/jid"
+
+	"github.com/xmpptrack/xmpptrack/integration/internal/serverkit"
 )
 
 // ErrNotInstalled is returned (wrapped) by Start when the prosody executable
@@ -69,6 +68,10 @@ type Options struct {
 	// RestrictRoomCreation sets restrict_room_creation on the MUC service, so
 	// that ordinary users cannot create rooms.
 	RestrictRoomCreation bool
+
+	// Admins are localparts of the server's administrators (who may create
+	// rooms when RestrictRoomCreation is set).
+	Admins []string
 
 	// NoMUC leaves out the Multi-User Chat service.
 	NoMUC bool
@@ -113,16 +116,9 @@ type Server struct {
 	ca     *x509.Certificate
 
 	mu      sync.Mutex
-	users   map[string]string // normalized localpart -> password
-	proc    *process          // nil while stopped
+	users   map[string]string  // normalized localpart -> password
+	proc    *serverkit.Process // nil while stopped
 	stopped bool
-}
-
-// process is one run of the prosody executable.
-type process struct {
-	cmd  *exec.Cmd
-	done chan struct{} // closed once the process has exited
-	err  error         // the result of Wait, set before done is closed
 }
 
 // LookPath returns the path of the prosody executable that Start would run
@@ -197,7 +193,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	}
 
 	for attempt := 1; ; attempt++ {
-		port, err := freePort()
+		port, err := serverkit.FreePort()
 		if err != nil {
 			return fail(err)
 		}
@@ -221,20 +217,10 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	}
 }
 
-// freePort returns a TCP port of 127.0.0.1 that was free a moment ago.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("prosody: finding a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// freePortBut is freePort, but never returns port.
+// freePortBut is serverkit.FreePort, but never returns port.
 func freePortBut(port int) (int, error) {
 	for {
-		p, err := freePort()
+		p, err := serverkit.FreePort()
 		if err != nil || p != port {
 			return p, err
 		}
@@ -243,7 +229,7 @@ func freePortBut(port int) (int, error) {
 
 // launch starts the prosody executable with the current configuration and
 // waits until it accepts clients. On failure the process is gone.
-func (s *Server) launch(ctx context.Context) (*process, error) {
+func (s *Server) launch(ctx context.Context) (*serverkit.Process, error) {
 	logPath := s.layout.path(logFile)
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
 	if err != nil {
@@ -259,18 +245,13 @@ func (s *Server) launch(ctx context.Context) (*process, error) {
 	cmd.Dir = s.layout.dir
 	cmd.Stdout = logf
 	cmd.Stderr = logf
-	cmd.SysProcAttr = sysProcAttr()
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("prosody: starting %s: %w", s.bin, err)
+	p, err := serverkit.StartProcess(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("prosody: %w", err)
 	}
-	p := &process{cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
 
 	if err := s.waitReady(ctx, p, logPath, logStart); err != nil {
-		p.stop()
+		p.Stop(stopGrace)
 		if errors.Is(err, errPortInUse) {
 			return nil, err
 		}
@@ -282,7 +263,7 @@ func (s *Server) launch(ctx context.Context) (*process, error) {
 // waitReady polls until Prosody serves clients on its port: it has logged
 // that the c2s service is active on that port (when the log level shows it)
 // and answers a client stream with STARTTLS among its features.
-func (s *Server) waitReady(ctx context.Context, p *process, logPath string, logStart int64) error {
+func (s *Server) waitReady(ctx context.Context, p *serverkit.Process, logPath string, logStart int64) error {
 	level, _ := s.opts.logLevel()
 	wantLine := level == "debug" || level == "info"
 	activated := []byte(activatedLine(s.layout.port))
@@ -294,16 +275,16 @@ func (s *Server) waitReady(ctx context.Context, p *process, logPath string, logS
 	last := notYet
 	for {
 		select {
-		case <-p.done:
-			return fmt.Errorf("prosody: exited during start-up: %v", p.err)
+		case <-p.Done():
+			return fmt.Errorf("prosody: exited during start-up: %v", p.Err())
 		case <-ctx.Done():
 			return fmt.Errorf("prosody: waiting for start-up: %w (last check: %v)", ctx.Err(), last)
 		case <-t.C:
 		}
 
-		log, err := readFrom(logPath, logStart)
+		log, err := serverkit.ReadFrom(logPath, logStart)
 		if err != nil {
-			return err
+			return fmt.Errorf("prosody: %w", err)
 		}
 		if bytes.Contains(log, []byte(portInUse)) {
 			return fmt.Errorf("prosody: port %d: %w", s.layout.port, errPortInUse)
@@ -313,85 +294,15 @@ func (s *Server) waitReady(ctx context.Context, p *process, logPath string, logS
 			last = notYet
 			continue
 		}
-		if last = probe(ctx, addr); last == nil {
+		if last = serverkit.ProbeStartTLS(ctx, addr, domain); last == nil {
 			return nil
 		}
 	}
 }
 
-// probe opens a client stream to the server's domain on addr and reports
-// whether the server answers with stream features that offer STARTTLS: then
-// the host is up, with its certificate.
-func probe(ctx context.Context, addr string) error {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
-	}
-	_, err = fmt.Fprintf(c, "<?xml version='1.0'?><stream:stream to=%q version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>", domain)
-	if err != nil {
-		return err
-	}
-	var got []byte
-	buf := make([]byte, 4096)
-	for !bytes.Contains(got, []byte("</stream:features>")) {
-		n, err := c.Read(buf)
-		got = append(got, buf[:n]...)
-		if err != nil {
-			return fmt.Errorf("prosody: probing %s: %w (read %q)", addr, err, got)
-		}
-	}
-	if !bytes.Contains(got, []byte("<starttls")) {
-		return fmt.Errorf("prosody: probing %s: no STARTTLS in %q", addr, got)
-	}
-	fmt.Fprint(c, "</stream:stream>")
-	return nil
-}
-
-// readFrom returns the contents of the file at path from offset on.
-func readFrom(path string, offset int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("prosody: reading log: %w", err)
-	}
-	defer f.Close()
-	if _, err := f.Seek(offset, io.SeekStart); err != nil {
-		return nil, fmt.Errorf("prosody: reading log: %w", err)
-	}
-	b, err := io.ReadAll(f)
-	if err != nil {
-		return nil, fmt.Errorf("prosody: reading log: %w", err)
-	}
-	return b, nil
-}
-
-// stop ends the process: SIGTERM, then SIGKILL if it is still running after
-// stopGrace. It returns once the process has exited.
-func (p *process) stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return
-	case <-time.After(stopGrace):
-	}
-	p.cmd.Process.Kill()
-	<-p.done
-}
-
 // Addr returns the address clients connect to, "127.0.0.1:PORT".
 func (s *Server) Addr() string {
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.layout.port))
+	return serverkit.LoopbackAddr(s.layout.port)
 }
 
 // DirectTLSAddr returns the address clients connect to with direct TLS
@@ -400,7 +311,7 @@ func (s *Server) DirectTLSAddr() string {
 	if s.layout.directPort == 0 {
 		return ""
 	}
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.layout.directPort))
+	return serverkit.LoopbackAddr(s.layout.directPort)
 }
 
 // Domain returns the server's XMPP domain, "localhost".
@@ -418,11 +329,7 @@ func (s *Server) MUCDomain() string {
 // JID returns the bare JID localpart@localhost.
 // It panics if localpart is not a valid localpart.
 func (s *Server) JID(localpart string) jid.JID {
-	j, err := jid.New(localpart, domain, "")
-	if err != nil {
-		panic(fmt.Sprintf("prosody: invalid localpart %q: %v", localpart, err))
-	}
-	return j
+	return serverkit.JID("prosody", domain, localpart)
 }
 
 // Password returns the password of user localpart, or "" if there is no such
@@ -461,13 +368,7 @@ func (s *Server) AddUsers(ctx context.Context, users map[string]string) error {
 // TLSConfig returns a new TLS configuration for clients that trusts only the
 // server's generated CA and expects the name "localhost".
 func (s *Server) TLSConfig() *tls.Config {
-	pool := x509.NewCertPool()
-	pool.AddCert(s.ca)
-	return &tls.Config{
-		RootCAs:    pool,
-		ServerName: domain,
-		MinVersion: tls.VersionTLS12,
-	}
+	return serverkit.ClientTLS(s.ca, domain)
 }
 
 // CAFile returns the path of the generated CA certificate (PEM).
@@ -484,28 +385,7 @@ func (s *Server) LogPath() string { return s.layout.path(logFile) }
 // LogTail returns the last n lines of the log, or a note saying why it cannot
 // be read.
 func (s *Server) LogTail(n int) string {
-	const maxRead = 256 << 10 // enough for any sensible n
-	if n <= 0 {
-		return ""
-	}
-	fi, err := os.Stat(s.LogPath())
-	if err != nil {
-		return fmt.Sprintf("(no log: %v)", err)
-	}
-	b, err := readFrom(s.LogPath(), max(fi.Size()-maxRead, 0))
-	if err != nil {
-		return fmt.Sprintf("(no log: %v)", err)
-	}
-	b = bytes.TrimRight(b, "\n")
-	for i := len(b) - 1; i >= 0; i-- {
-		if b[i] == '\n' {
-			n--
-			if n == 0 {
-				return string(b[i+1:])
-			}
-		}
-	}
-	return string(b)
+	return serverkit.LogTail(s.LogPath(), n)
 }
 
 // Restart stops the Prosody process and starts it again with the same
@@ -523,7 +403,7 @@ func (s *Server) Restart(ctx context.Context) error {
 		return errors.New("prosody: server stopped")
 	}
 	if s.proc != nil {
-		s.proc.stop()
+		s.proc.Stop(stopGrace)
 		s.proc = nil
 	}
 	p, err := s.launch(ctx)
@@ -545,7 +425,7 @@ func (s *Server) Stop() error {
 	}
 	s.stopped = true
 	if s.proc != nil {
-		s.proc.stop()
+		s.proc.Stop(stopGrace)
 		s.proc = nil
 	}
 	if err := os.RemoveAll(s.layout.dir); err != nil {

@@ -17,7 +17,7 @@ import (
 	"strings"
 	"sync"
 
-	"mellium.im/xmpp/jid"
+	"github.com/xmpptrack/xmpptrack/integration/internal/serverkit"
 )
 
 // iterationCount is the PBKDF2 iteration count of stored credentials: the
@@ -48,34 +48,13 @@ const iterationCount = 4096
 // normalizeUsers checks every localpart and returns the users keyed by their
 // normalized localpart.
 func normalizeUsers(users map[string]string) (map[string]string, error) {
-	out := make(map[string]string, len(users))
-	for local, pass := range users {
-		n, err := normalizeLocal(local)
-		if err != nil {
-			return nil, err
-		}
-		if pass == "" {
-			return nil, fmt.Errorf("prosody: user %q has an empty password", local)
-		}
-		if _, dup := out[n]; dup {
-			return nil, fmt.Errorf("prosody: users %q collide after normalization", n)
-		}
-		out[n] = pass
-	}
-	return out, nil
+	return serverkit.NormalizeUsers("prosody", domain, users)
 }
 
 // normalizeLocal returns the normalized form of a localpart on the server's
 // domain.
 func normalizeLocal(local string) (string, error) {
-	if local == "" {
-		return "", fmt.Errorf("prosody: empty localpart")
-	}
-	j, err := jid.New(local, domain, "")
-	if err != nil {
-		return "", fmt.Errorf("prosody: invalid localpart %q: %w", local, err)
-	}
-	return j.Localpart(), nil
+	return serverkit.NormalizeLocal("prosody", domain, local)
 }
 
 // credentials are the stored SCRAM-SHA-1 credentials of a password.

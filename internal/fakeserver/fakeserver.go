@@ -113,14 +113,20 @@ func Resumed(previd string, h uint32) string {
 // arrives within Timeout or when its negotiation failed.
 func (s *Server) Next(t testing.TB) *Conn {
 	t.Helper()
+	return s.NextWithin(t, Timeout)
+}
+
+// NextWithin is Next with d in place of Timeout.
+func (s *Server) NextWithin(t testing.TB, d time.Duration) *Conn {
+	t.Helper()
 	select {
 	case r := <-s.conns:
 		if r.err != nil {
 			t.Fatalf("fakeserver: negotiation failed: %v", r.err)
 		}
 		return r.c
-	case <-time.After(Timeout):
-		t.Fatalf("fakeserver: no connection within %v", Timeout)
+	case <-time.After(d):
+		t.Fatalf("fakeserver: no connection within %v", d)
 		return nil
 	}
 }

@@ -1,9 +1,11 @@
-// Command devprosody runs a throw-away Prosody for development, the demo and
-// benchmarks, until it is interrupted.
+// Command devprosody runs a throw-away XMPP server for development, the demo
+// and benchmarks, until it is interrupted: Prosody 0.12 by default, or
+// ejabberd 23.01 with -server ejabberd, configured as the integration tests
+// configure it.
 //
 // Usage:
 //
-//	devprosody [-users alice:secret,bob:secret] [-env FILE] [-hibernation 60s] [-muc-restricted] [-log-level info]
+//	devprosody [-server prosody|ejabberd] [-users alice:secret,bob:secret] [-env FILE] [-hibernation 60s] [-muc-restricted] [-log-level info]
 //
 // Once the server accepts clients it prints shell-style lines
 //
@@ -11,10 +13,11 @@
 //	XMPP_DOMAIN=localhost
 //	XMPP_MUC=conference.localhost
 //	XMPP_CA=/path/to/ca.crt
-//	XMPP_LOG=/path/to/prosody.log
+//	XMPP_LOG=/path/to/the/server.log
 //
 // to standard output and, with -env, to FILE (which a shell can source). On
-// SIGINT or SIGTERM it stops Prosody, removes its files (and FILE) and exits.
+// SIGINT or SIGTERM it stops the server, removes its files (and FILE) and
+// exits.
 package main
 
 import (
@@ -30,6 +33,7 @@ import (
 	"time"
 
 	"github.com/xmpptrack/xmpptrack/integration/prosody"
+	"github.com/xmpptrack/xmpptrack/integration/servers"
 )
 
 // errUsage reports bad flags, which the flag package has already explained.
@@ -49,14 +53,15 @@ func main() {
 func run(args []string, stdout io.Writer) error {
 	flags := flag.NewFlagSet("devprosody", flag.ContinueOnError)
 	var (
+		server      = flags.String("server", servers.Prosody, "the server to run: "+servers.Prosody+" or "+servers.Ejabberd)
 		users       = flags.String("users", "", "accounts to create, as `user:password,...`")
 		envFile     = flags.String("env", "", "also write the XMPP_* lines to `FILE`")
 		hibernation = flags.Duration("hibernation", prosody.DefaultHibernationTime, "how long a broken stream management session can be resumed")
 		restricted  = flags.Bool("muc-restricted", false, "allow only admins to create rooms (restrict_room_creation)")
-		logLevel    = flags.String("log-level", "info", "Prosody's log level: debug, info, warn or error")
+		logLevel    = flags.String("log-level", "info", "the server's log level: debug, info, warn or error")
 	)
 	flags.Usage = func() {
-		fmt.Fprintln(flags.Output(), "usage: devprosody [flags]\n\nRuns a throw-away Prosody on 127.0.0.1 until interrupted.\n\nFlags:")
+		fmt.Fprintln(flags.Output(), "usage: devprosody [flags]\n\nRuns a throw-away Prosody (or ejabberd) on 127.0.0.1 until interrupted.\n\nFlags:")
 		flags.PrintDefaults()
 	}
 	if err := flags.Parse(args); err != nil {
@@ -72,18 +77,22 @@ func run(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	kind, err := servers.Lookup(*server)
+	if err != nil {
+		return err
+	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), prosody.StartTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), kind.StartTimeout())
 	defer cancel()
-	srv, err := prosody.Start(ctx, prosody.Options{
+	srv, err := kind.Start(ctx, servers.Options{
 		Users:                accounts,
-		HibernationTime:      *hibernation,
+		ResumeTimeout:        *hibernation,
 		RestrictRoomCreation: *restricted,
 		LogLevel:             *logLevel,
 	})
 	if err != nil {
-		if errors.Is(err, prosody.ErrNotInstalled) {
-			return fmt.Errorf("%w (run \"make prosody-install\" or \"apt-get install prosody\")", err)
+		if errors.Is(err, servers.ErrNotInstalled) {
+			return fmt.Errorf("%w (run \"make %s-install\" or \"apt-get install %s\")", err, kind, kind)
 		}
 		return err
 	}
