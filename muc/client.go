@@ -9,8 +9,8 @@ import (
 
 	"mellium.im/xmpp/jid"
 
-	xstanza "github.com/xmpptrack/xmpptrack/stanza"
 	"github.com/xmpptrack/xmpptrack/reconcile"
+	xstanza "github.com/xmpptrack/xmpptrack/stanza"
 	"github.com/xmpptrack/xmpptrack/stream"
 	"github.com/xmpptrack/xmpptrack/tracking"
 )

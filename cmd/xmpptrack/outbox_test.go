@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"encoding/xml"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +24,7 @@ import (
 	xstanza "mellium.im/xmpp/stanza"
 
 	"github.com/xmpptrack/xmpptrack/bridge"
+	"github.com/xmpptrack/xmpptrack/integration/faultproxy"
 	"github.com/xmpptrack/xmpptrack/integration/prosody"
 	"github.com/xmpptrack/xmpptrack/muc"
 	"github.com/xmpptrack/xmpptrack/stream"
@@ -37,6 +39,12 @@ type watcher struct {
 }
 
 func watch(t *testing.T, srv *prosody.Server, user, password string, room jid.JID, fromNick string) *watcher {
+	t.Helper()
+	return watchEvents(t, srv, user, password, room, fromNick, nil)
+}
+
+// watchEvents is watch, with the watcher's room events told to onEvent.
+func watchEvents(t *testing.T, srv *prosody.Server, user, password string, room jid.JID, fromNick string, onEvent func(muc.Event)) *watcher {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
@@ -66,7 +74,11 @@ func watch(t *testing.T, srv *prosody.Server, user, password string, room jid.JI
 		w.bodies[m.Body]++
 		w.mu.Unlock()
 	})
-	rooms := muc.NewClient(s)
+	var opts []muc.Option
+	if onEvent != nil {
+		opts = append(opts, muc.WithEvents(onEvent))
+	}
+	rooms := muc.NewClient(s, opts...)
 	if _, err := rooms.Join(ctx, room, user); err != nil {
 		t.Fatal(err)
 	}
@@ -370,5 +382,133 @@ func TestOutboxServerRestarts(t *testing.T) {
 	}
 	if missing > 0 || twice > 0 {
 		t.Fatalf("the room's archive: %d bodies missing, %d more than once (of %d)", missing, twice, n)
+	}
+}
+
+// TestOutboxBothDie (issue: both die; the archive lost too): the sender's
+// link freezes, the sender is killed and Prosody restarts, then the sender
+// runs again. With the room's archive on disk every index is delivered
+// once; with the archive in memory (lost with the restart) nothing is sent
+// twice, nothing is reported delivered that the room did not distribute,
+// and every index ends in a final state.
+func TestOutboxBothDie(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		extra string
+		lost  bool
+	}{
+		{"archive on disk", "muc_room_default_persistent = true", false},
+		{"archive lost", "muc_room_default_persistent = true\nstorage = { muc_log = \"memory\" }", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const n = 300
+			users := map[string]string{"alice": "alice-pw", "watcher": "watcher-pw"}
+			srv := prosody.StartTB(t, prosody.Options{Users: users, ExtraGlobal: tc.extra})
+			room := jid.MustParse("both@" + srv.MUCDomain())
+			rejoined := make(chan struct{}, 1)
+			w := watchEvents(t, srv, "watcher", "watcher-pw", room, "alice", func(ev muc.Event) {
+				if ev.Kind == muc.EventRejoined {
+					select {
+					case rejoined <- struct{}{}:
+					default:
+					}
+				}
+			})
+			p, err := faultproxy.New(srv.Addr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { p.Close() })
+			bin := build(t)
+			file := filepath.Join(t.TempDir(), "job.outbox")
+			const body = "both %d"
+			args := func(addr string) []string {
+				return []string{"muc", "-addr", addr, "-ca", srv.CAFile(), "-jid", srv.JID("alice").String(),
+					"-password", "alice-pw", "-room", room.String(), "-n", strconv.Itoa(n), "-window", "20",
+					"-body", body, "-json", "-outbox", file}
+			}
+
+			// The first run: frozen a third of the way, then killed with
+			// Prosody.
+			cmd := exec.Command(bin, args(p.Addr())...)
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			sc := bufio.NewScanner(out)
+			for lines := 0; lines < n/3 && sc.Scan(); {
+				if strings.Contains(sc.Text(), `"index"`) {
+					lines++
+				}
+			}
+			p.Stall()
+			time.Sleep(200 * time.Millisecond) // more is written into the frozen link
+			cmd.Process.Signal(syscall.SIGKILL)
+			cmd.Wait()
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			if err := srv.Restart(ctx); err != nil {
+				t.Fatal(err)
+			}
+			p.Unstall()
+			select {
+			case <-rejoined:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the watcher did not rejoin the room after the restart")
+			}
+
+			r := runCmd(t, bin, args(srv.Addr())...)
+			states, _ := jobLines(t, r, n)
+			w.mu.Lock()
+			seen := maps.Clone(w.bodies)
+			w.mu.Unlock()
+			closed := 0
+			for i, s := range states {
+				b := strings.ReplaceAll(body, "%d", strconv.Itoa(i))
+				switch {
+				case seen[b] > 1:
+					t.Errorf("index %d: the room distributed it %d times", i, seen[b])
+				case s == "DELIVERED_TO_RECIPIENT":
+				case s == "CLOSED" && tc.lost:
+					closed++
+				default:
+					t.Errorf("index %d ended %s", i, s)
+				}
+			}
+			if !tc.lost {
+				if r.code != 0 {
+					t.Errorf("exit status %d: %s", r.code, r.stderr)
+				}
+				w.check(t, body, n)
+				return
+			}
+			// Every delivered index was distributed: wait for the watcher.
+			deadline := time.Now().Add(30 * time.Second)
+			for i, s := range states {
+				b := strings.ReplaceAll(body, "%d", strconv.Itoa(i))
+				for s == "DELIVERED_TO_RECIPIENT" && time.Now().Before(deadline) {
+					w.mu.Lock()
+					c := w.bodies[b]
+					w.mu.Unlock()
+					if c > 0 {
+						break
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+				w.mu.Lock()
+				c := w.bodies[b]
+				w.mu.Unlock()
+				if s == "DELIVERED_TO_RECIPIENT" && c == 0 {
+					t.Errorf("index %d reported delivered, but the room never distributed it", i)
+				}
+				if c > 1 {
+					t.Errorf("index %d distributed %d times", i, c)
+				}
+			}
+			t.Logf("archive lost: %d of %d ended CLOSED (nothing vouched for them), the rest delivered once", closed, n)
+		})
 	}
 }
