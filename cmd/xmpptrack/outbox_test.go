@@ -2,6 +2,7 @@ package main_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"encoding/xml"
@@ -27,6 +28,8 @@ import (
 	"github.com/xmpptrack/xmpptrack/integration/faultproxy"
 	"github.com/xmpptrack/xmpptrack/integration/prosody"
 	"github.com/xmpptrack/xmpptrack/muc"
+	"github.com/xmpptrack/xmpptrack/outbox"
+	"github.com/xmpptrack/xmpptrack/outbox/boltstore"
 	"github.com/xmpptrack/xmpptrack/stream"
 )
 
@@ -511,4 +514,71 @@ func TestOutboxBothDie(t *testing.T) {
 			t.Logf("archive lost: %d of %d ended CLOSED (nothing vouched for them), the rest delivered once", closed, n)
 		})
 	}
+}
+
+// TestOutboxRefusesBadFiles: a file in use, damaged, or holding another job
+// is refused with one line and exit status 2, and left as it was.
+func TestOutboxRefusesBadFiles(t *testing.T) {
+	bin := build(t)
+	dir := t.TempDir()
+	args := func(file string, extra ...string) []string {
+		return append([]string{"muc", "-addr", "127.0.0.1:1", "-jid", "alice@localhost", "-password", "x",
+			"-room", "r@conference.localhost", "-n", "3", "-outbox", file}, extra...)
+	}
+	unchanged := func(t *testing.T, file string, before []byte) {
+		t.Helper()
+		after, err := os.ReadFile(file)
+		if err != nil || !bytes.Equal(before, after) {
+			t.Fatalf("%s changed (%v)", file, err)
+		}
+	}
+	exit2 := func(t *testing.T, r result, want string) {
+		t.Helper()
+		checkOneLineError(t, r)
+		if r.code != 2 || !strings.Contains(r.stderr, want) {
+			t.Fatalf("exit status %d, stderr %q; want 2 and %q", r.code, r.stderr, want)
+		}
+	}
+
+	t.Run("in use", func(t *testing.T) {
+		file := filepath.Join(dir, "in-use.outbox")
+		s, err := boltstore.Open(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		before, _ := os.ReadFile(file)
+		exit2(t, runCmd(t, bin, args(file)...), "in use by another process")
+		unchanged(t, file, before)
+	})
+	t.Run("truncated", func(t *testing.T) {
+		file := filepath.Join(dir, "cut.outbox")
+		s, err := boltstore.Open(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Commit(outbox.Changes{Meta: map[string]string{"job": "x"}})
+		s.Close()
+		b, _ := os.ReadFile(file)
+		b = b[:len(b)/2]
+		os.WriteFile(file, b, 0o600)
+		exit2(t, runCmd(t, bin, args(file)...), "corrupted")
+		unchanged(t, file, b)
+	})
+	t.Run("another job", func(t *testing.T) {
+		file := filepath.Join(dir, "other.outbox")
+		s, err := boltstore.Open(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Commit(outbox.Changes{Meta: map[string]string{"job": "x", "command": "muc", "n": "7"}})
+		s.Close()
+		before, _ := os.ReadFile(file)
+		exit2(t, runCmd(t, bin, args(file)...), "holds another job")
+		unchanged(t, file, before)
+	})
+	t.Run("chat", func(t *testing.T) {
+		r := runCmd(t, bin, "chat", "-addr", "127.0.0.1:1", "-jid", "alice@localhost", "-password", "x", "-to", "bob@localhost", "-outbox", filepath.Join(dir, "chat.outbox"))
+		exit2(t, r, "-outbox")
+	})
 }
