@@ -360,6 +360,9 @@ type Stats struct {
 	// DeadAfter its dead-link timeout (see Config.AckTimeout); both 0 while
 	// disconnected.
 	AckRTT, DeadAfter time.Duration
+	// OutboxCommits counts the commits to Config.Outbox (one per batch the
+	// writer writes, and those of notes alone).
+	OutboxCommits uint64
 
 	// ResumeRefused counts the resumptions the server refused with
 	// <failed/>; each was followed by a new session, also counted in

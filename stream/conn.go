@@ -221,6 +221,9 @@ func (s *Stream) writeLoop(c *conn) {
 				c.fail(fmt.Errorf("%w: commit: %w", ErrOutbox, err))
 				return
 			}
+			s.mu.Lock()
+			s.stats.OutboxCommits++
+			s.mu.Unlock()
 		}
 		if final != nil {
 			buf = append(buf, final...)
@@ -260,6 +263,11 @@ func (s *Stream) writeLoop(c *conn) {
 			continue
 		}
 		wait := time.Until(act.Wake)
+		s.mu.Lock()
+		if due := s.notesDueLocked(); !due.IsZero() {
+			wait = min(wait, time.Until(due))
+		}
+		s.mu.Unlock()
 		if !smOn {
 			wait = min(wait, s.cfg.KeepAlive)
 		}

@@ -22,6 +22,9 @@ type outboxState struct {
 	drop  int  // stanzas acknowledged since the last commit
 	reset bool // a new session began since the last commit
 	notes []outbox.Message
+	// notesSince is when the oldest note not committed was made: notes
+	// ride with the next batch, or go alone after noteDelay.
+	notesSince time.Time
 	// live holds the latest record of each message noted and not done:
 	// the stream owns its Written and SentAt, set in the commit that holds
 	// the stanza's bytes.
@@ -117,10 +120,29 @@ func (s *Stream) note(m outbox.Message, done bool) {
 		}
 		s.box.live[m.Key] = m
 	}
-	s.box.notes = append(s.box.notes, m)
-	if s.cur != nil {
-		s.cur.wake()
+	if len(s.box.notes) == 0 {
+		s.box.notesSince = time.Now()
+		if s.cur != nil {
+			s.cur.wake() // so that the writer plans the flush
+		}
 	}
+	s.box.notes = append(s.box.notes, m)
+}
+
+// noteDelay is how long notes may wait for a batch to ride with before
+// they are committed on their own. A note that must be durable before its
+// message is written always rides with the batch that holds the message;
+// later notes (the message's outcome) need not be durable at once: a new
+// process that misses one asks the archive instead.
+const noteDelay = 200 * time.Millisecond
+
+// notesDueLocked returns when pending notes must be committed alone (zero
+// if none are pending).
+func (s *Stream) notesDueLocked() time.Time {
+	if len(s.box.notes) == 0 || s.box.store == nil {
+		return time.Time{}
+	}
+	return s.box.notesSince.Add(noteDelay)
 }
 
 // boxChangesLocked returns what the next commit must say, with the
@@ -129,7 +151,8 @@ func (s *Stream) note(m outbox.Message, done bool) {
 // the batch was recorded in s.out and before its bytes are written.
 func (s *Stream) boxChangesLocked(batch []*entry) (outbox.Changes, bool) {
 	b := &s.box
-	if b.store == nil || (len(batch) == 0 && len(b.notes) == 0 && !b.reset) {
+	notesDue := len(b.notes) > 0 && !time.Now().Before(b.notesSince.Add(noteDelay))
+	if b.store == nil || (len(batch) == 0 && !notesDue && !b.reset) {
 		return outbox.Changes{}, false
 	}
 	ch := outbox.Changes{

@@ -48,6 +48,9 @@ func main() {
 const (
 	xmpptrack = "xmpptrack"
 	raw       = "raw"
+	// durable is the xmpptrack command with -outbox: every batch is
+	// committed to the outbox file (and synced) before it is written.
+	durable = "xmpptrack+outbox"
 )
 
 // Sample is one run of one client.
@@ -64,6 +67,11 @@ type Sample struct {
 	// ServerCPUMicrosPerMsg is Prosody's CPU time during the run (login
 	// included) divided by the messages.
 	ServerCPUMicrosPerMsg float64 `json:"server_cpu_us_per_msg"`
+	// With the outbox: its commits per message (each syncs the file twice:
+	// bbolt syncs the data, then the meta page) and the bytes the process
+	// wrote to disk per message (getrusage's blocks out).
+	CommitsPerMsg   float64 `json:"outbox_commits_per_msg,omitempty"`
+	DiskBytesPerMsg float64 `json:"disk_bytes_per_msg,omitempty"`
 }
 
 // Row is the median of one client's samples in one configuration.
@@ -90,15 +98,29 @@ type Ratio struct {
 	RSS        float64 `json:"rss"`
 }
 
+// OutboxRatio compares xmpptrack with and without the outbox in one
+// configuration.
+type OutboxRatio struct {
+	Window     int     `json:"window"`
+	Throughput float64 `json:"throughput"`
+	CPU        float64 `json:"cpu"`
+	// Medians: commits of the outbox per message, fsyncs per message (two
+	// per commit), bytes written to disk per message.
+	CommitsPerMsg   float64 `json:"commits_per_msg"`
+	FsyncsPerMsg    float64 `json:"fsyncs_per_msg"`
+	DiskBytesPerMsg float64 `json:"disk_bytes_per_msg"`
+}
+
 // Results is the JSON output.
 type Results struct {
-	Date    time.Time `json:"date"`
-	Machine string    `json:"machine"`
-	N       int       `json:"n"`
-	Reps    int       `json:"reps"`
-	Rows    []Row     `json:"rows"`
-	Ratios  []Ratio   `json:"ratios"`
-	Samples []Sample  `json:"samples"`
+	Date    time.Time     `json:"date"`
+	Machine string        `json:"machine"`
+	N       int           `json:"n"`
+	Reps    int           `json:"reps"`
+	Rows    []Row         `json:"rows"`
+	Ratios  []Ratio       `json:"ratios"`
+	Outbox  []OutboxRatio `json:"outbox"`
+	Samples []Sample      `json:"samples"`
 }
 
 func run(args []string, stdout io.Writer) error {
@@ -129,6 +151,7 @@ func run(args []string, stdout io.Writer) error {
 		xmpptrack: filepath.Join(bin, "xmpptrack"),
 		raw:       filepath.Join(bin, "raw"),
 	}
+	bins[durable] = bins[xmpptrack]
 	for name, pkg := range map[string]string{xmpptrack: "./cmd/xmpptrack", raw: "./bench/raw"} {
 		if out, err := exec.Command(goTool(), "build", "-o", bins[name], pkg).CombinedOutput(); err != nil {
 			return fmt.Errorf("building %s: %w\n%s", pkg, err, out)
@@ -151,10 +174,17 @@ func run(args []string, stdout io.Writer) error {
 			"-n", strconv.Itoa(*n), "-window", strconv.Itoa(window)}
 	}
 	runOne := func(client string, window, rep int, extra ...string) (Sample, error) {
-		room := fmt.Sprintf("bench-%s-w%d-r%d", client, window, rep)
-		args := common(client, room, window)
-		if client == xmpptrack {
+		room := fmt.Sprintf("bench-%s-w%d-r%d", strings.ReplaceAll(client, "+", "-"), window, rep)
+		account := client
+		if client == durable {
+			account = xmpptrack // the same account, one run at a time
+		}
+		args := common(account, room, window)
+		if client == xmpptrack || client == durable {
 			args = append([]string{"muc", "-json"}, args...)
+		}
+		if client == durable {
+			args = append(args, "-outbox", filepath.Join(bin, room+".outbox"))
 		}
 		cpu0 := processCPU(pid)
 		s, err := measure(bins[client], append(args, extra...), client, window, rep, *n)
@@ -168,16 +198,16 @@ func run(args []string, stdout io.Writer) error {
 	var samples []Sample
 	for rep := range *reps {
 		for _, w := range windows {
-			order := []string{xmpptrack, raw}
+			order := []string{xmpptrack, raw, durable}
 			if rep%2 == 1 {
-				order = []string{raw, xmpptrack}
+				order = []string{durable, raw, xmpptrack}
 			}
 			for _, client := range order {
 				s, err := runOne(client, w, rep)
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(stdout, "  rep %d window %-4s %-9s %8.1f msg/s  p50 %7.2f ms  p99 %7.2f ms  cpu %6.1f µs/msg  rss %5.1f MiB  server cpu %6.1f µs/msg\n",
+				fmt.Fprintf(stdout, "  rep %d window %-4s %-16s %8.1f msg/s  p50 %7.2f ms  p99 %7.2f ms  cpu %6.1f µs/msg  rss %5.1f MiB  server cpu %6.1f µs/msg\n",
 					rep+1, windowName(w), client, s.Report.MsgsPerS, s.Report.P50Ms, s.Report.P99Ms, s.CPUMicrosPerMsg, float64(s.MaxRSSKiB)/1024, s.ServerCPUMicrosPerMsg)
 				samples = append(samples, s)
 			}
@@ -192,6 +222,22 @@ func run(args []string, stdout io.Writer) error {
 			res.Rows = append(res.Rows, pair[i])
 		}
 		x, r := pair[0], pair[1]
+		d := median(samples, durable, w)
+		res.Rows = append(res.Rows, d)
+		var commits, disk []float64
+		for _, s := range samples {
+			if s.Client == durable && s.Window == w {
+				commits, disk = append(commits, s.CommitsPerMsg), append(disk, s.DiskBytesPerMsg)
+			}
+		}
+		res.Outbox = append(res.Outbox, OutboxRatio{
+			Window:          w,
+			Throughput:      ratio(d.MsgsPerS, x.MsgsPerS),
+			CPU:             ratio(d.CPUMicrosPerMsg, x.CPUMicrosPerMsg),
+			CommitsPerMsg:   report.Round(mid(commits), 3),
+			FsyncsPerMsg:    report.Round(2*mid(commits), 3),
+			DiskBytesPerMsg: report.Round(mid(disk), 0),
+		})
 		res.Ratios = append(res.Ratios, Ratio{
 			Window:     w,
 			Throughput: ratio(x.MsgsPerS, r.MsgsPerS),
@@ -266,6 +312,12 @@ func measure(bin string, args []string, client string, window, rep, n int) (Samp
 		cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 		s.CPUMicrosPerMsg = report.Round(float64(cpu.Microseconds())/float64(n), 2)
 		s.MaxRSSKiB = maxRSSKiB(ru)
+		if client == durable {
+			s.DiskBytesPerMsg = report.Round(float64(ru.Oublock)*512/float64(n), 0)
+		}
+	}
+	if st := s.Report.Stream; client == durable && st != nil {
+		s.CommitsPerMsg = report.Round(float64(st.OutboxCommits)/float64(n), 3)
 	}
 	return s, nil
 }
@@ -334,6 +386,12 @@ func table(r Results) string {
 	for _, q := range r.Ratios {
 		fmt.Fprintf(&b, "| window %s | %.2fx | %.2fx | %.2fx | %.2fx | %.2fx |\n",
 			windowName(q.Window), q.Throughput, q.P50, q.P99, q.CPU, q.RSS)
+	}
+	b.WriteString("\n| outbox on / off | throughput | CPU | commits/msg | fsyncs/msg | disk bytes/msg |\n")
+	b.WriteString("| --- | ---: | ---: | ---: | ---: | ---: |\n")
+	for _, q := range r.Outbox {
+		fmt.Fprintf(&b, "| window %s | %.2fx | %.2fx | %.3f | %.3f | %.0f |\n",
+			windowName(q.Window), q.Throughput, q.CPU, q.CommitsPerMsg, q.FsyncsPerMsg, q.DiskBytesPerMsg)
 	}
 	return b.String()
 }

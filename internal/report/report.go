@@ -56,6 +56,7 @@ type Stream struct {
 	AckRTTP50Ms     float64 `json:"ack_rtt_p50_ms"`
 	AckRTTP99Ms     float64 `json:"ack_rtt_p99_ms"`
 	AckRTTSamples   uint64  `json:"ack_rtt_samples"`
+	OutboxCommits   uint64  `json:"outbox_commits,omitempty"`
 }
 
 // Line is any line of the output: an outcome or, when Summary is set, the

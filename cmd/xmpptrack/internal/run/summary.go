@@ -45,6 +45,7 @@ func streamReport(st stream.Stats) *report.Stream {
 		AckRTTP50Ms:     ms(st.AckRTTP50),
 		AckRTTP99Ms:     ms(st.AckRTTP99),
 		AckRTTSamples:   st.AckRTTSamples,
+		OutboxCommits:   st.OutboxCommits,
 	}
 }
 
