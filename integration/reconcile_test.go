@@ -12,6 +12,7 @@ import (
 
 	"github.com/xmpptrack/xmpptrack/bridge"
 	"github.com/xmpptrack/xmpptrack/integration/prosody"
+	"github.com/xmpptrack/xmpptrack/integration/servers"
 	"github.com/xmpptrack/xmpptrack/muc"
 	"github.com/xmpptrack/xmpptrack/reconcile"
 	xstanza "github.com/xmpptrack/xmpptrack/stanza"
@@ -112,74 +113,76 @@ func wantOutcome(t *testing.T, d reconcile.Decision, o reconcile.Outcome) {
 // anchor is one the archive never had. A copy of its ids that bob sends
 // into the room does not make it Delivered for alice (it does for bob).
 func TestReconcileRoom(t *testing.T) {
-	srv := sharedServer(t)
-	alice := dialStream(t, srv, "alice", nil)
-	bob := dialStream(t, srv, "bob", nil)
-	room := roomJID(t, srv, "reconciled")
-	_, r := join(t, alice, room, "alice")
-	origins := newReflections(alice, r.OccupantJID()) // trackers do not tell origin-ids
-	_, rb := join(t, bob, room, "bob")
+	forEachServer(t, func(t *testing.T, k servers.Kind) {
+		srv := testServer(t, k, servers.Options{Users: map[string]string{"alice": "a-pw", "bob": "b-pw"}})
+		alice := dialStream(t, srv, "alice", nil)
+		bob := dialStream(t, srv, "bob", nil)
+		room := roomJID(t, srv, "reconciled")
+		_, r := join(t, alice, room, "alice")
+		origins := newReflections(alice, r.OccupantJID()) // trackers do not tell origin-ids
+		_, rb := join(t, bob, room, "bob")
 
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	type sent struct {
-		msg      reconcile.Uncertain
-		stanzaID string
-		seen     time.Time
-	}
-	var all []sent
-	for i := range 4 {
-		at := time.Now()
-		tr, err := r.SendTrackedMessage(ctx, "reconciled "+string(rune('a'+i)))
-		if err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		type sent struct {
+			msg      reconcile.Uncertain
+			stanzaID string
+			seen     time.Time
+		}
+		var all []sent
+		for i := range 4 {
+			at := time.Now()
+			tr, err := r.SendTrackedMessage(ctx, "reconciled "+string(rune('a'+i)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st, err := tr.Wait(ctx, tracking.DeliveredToRecipient); st != tracking.DeliveredToRecipient {
+				t.Fatalf("message %d: %v (%v)", i, st, err)
+			}
+			resp := tr.Response()
+			if resp == nil || resp.StanzaID == "" || !resp.StanzaIDBy.Equal(room) {
+				t.Fatalf("message %d: reflection without the room's stanza-id: %+v", i, resp)
+			}
+			all = append(all, sent{
+				msg: reconcile.Uncertain{Key: tr.ID(), ID: tr.ID(), OriginID: origins.originID(t, tr.ID()),
+					To: room, Kind: reconcile.Groupchat, SentAt: at},
+				stanzaID: resp.StanzaID,
+				seen:     time.Now(),
+			})
+		}
+		anchor := []reconcile.Anchor{{To: room, StanzaID: all[0].stanzaID, At: all[0].seen}}
+		never := reconcile.Uncertain{Key: "never sent", ID: xstanza.NewID(), OriginID: xstanza.NewID(), To: room, Kind: reconcile.Groupchat, SentAt: time.Now()}
+
+		// Bob sends a message with the ids of the one never sent.
+		copies := newArrivals(alice, never.ID)
+		if _, err := bob.Send(ctx, groupchatWithIDs(room, never.ID, never.OriginID, "a copy")); err != nil {
 			t.Fatal(err)
 		}
-		if st, err := tr.Wait(ctx, tracking.DeliveredToRecipient); st != tracking.DeliveredToRecipient {
-			t.Fatalf("message %d: %v (%v)", i, st, err)
+		copies.waitFrom(t, room.String()+"/bob", 10*time.Second)
+
+		rec := reconciler(t, alice, r)
+		msgs := []reconcile.Uncertain{never}
+		for _, s := range all[1:] {
+			msgs = append(msgs, s.msg)
 		}
-		resp := tr.Response()
-		if resp == nil || resp.StanzaID == "" || !resp.StanzaIDBy.Equal(room) {
-			t.Fatalf("message %d: reflection without the room's stanza-id: %+v", i, resp)
+		ds := decisions(t, rec, msgs, anchor)
+		for _, s := range all[1:] {
+			d := ds[s.msg.Key]
+			wantOutcome(t, d, reconcile.Delivered)
+			if d.StanzaID != s.stanzaID {
+				t.Errorf("%s: found as %q, want its reflection's stanza-id %q", d.Key, d.StanzaID, s.stanzaID)
+			}
 		}
-		all = append(all, sent{
-			msg: reconcile.Uncertain{Key: tr.ID(), ID: tr.ID(), OriginID: origins.originID(t, tr.ID()),
-				To: room, Kind: reconcile.Groupchat, SentAt: at},
-			stanzaID: resp.StanzaID,
-			seen:     time.Now(),
-		})
-	}
-	anchor := []reconcile.Anchor{{To: room, StanzaID: all[0].stanzaID, At: all[0].seen}}
-	never := reconcile.Uncertain{Key: "never sent", ID: xstanza.NewID(), OriginID: xstanza.NewID(), To: room, Kind: reconcile.Groupchat, SentAt: time.Now()}
+		wantOutcome(t, ds[never.Key], reconcile.SafeToResend)
 
-	// Bob sends a message with the ids of the one never sent.
-	copies := newArrivals(alice, never.ID)
-	if _, err := bob.Send(ctx, groupchatWithIDs(room, never.ID, never.OriginID, "a copy")); err != nil {
-		t.Fatal(err)
-	}
-	copies.waitFrom(t, room.String()+"/bob", 10*time.Second)
+		// The copy is in the archive: asked as bob, the same ids are Delivered.
+		ds = decisions(t, reconciler(t, bob, rb), []reconcile.Uncertain{never}, anchor)
+		wantOutcome(t, ds[never.Key], reconcile.Delivered)
 
-	rec := reconciler(t, alice, r)
-	msgs := []reconcile.Uncertain{never}
-	for _, s := range all[1:] {
-		msgs = append(msgs, s.msg)
-	}
-	ds := decisions(t, rec, msgs, anchor)
-	for _, s := range all[1:] {
-		d := ds[s.msg.Key]
-		wantOutcome(t, d, reconcile.Delivered)
-		if d.StanzaID != s.stanzaID {
-			t.Errorf("%s: found as %q, want its reflection's stanza-id %q", d.Key, d.StanzaID, s.stanzaID)
-		}
-	}
-	wantOutcome(t, ds[never.Key], reconcile.SafeToResend)
-
-	// The copy is in the archive: asked as bob, the same ids are Delivered.
-	ds = decisions(t, reconciler(t, bob, rb), []reconcile.Uncertain{never}, anchor)
-	wantOutcome(t, ds[never.Key], reconcile.Delivered)
-
-	ds = decisions(t, rec, msgs, []reconcile.Anchor{{To: room, StanzaID: "never-archived", At: all[0].seen}})
-	wantOutcome(t, ds[never.Key], reconcile.Unknown)
-	wantOutcome(t, ds[all[1].msg.Key], reconcile.Delivered)
+		ds = decisions(t, rec, msgs, []reconcile.Anchor{{To: room, StanzaID: "never-archived", At: all[0].seen}})
+		wantOutcome(t, ds[never.Key], reconcile.Unknown)
+		wantOutcome(t, ds[all[1].msg.Key], reconcile.Delivered)
+	})
 }
 
 // TestReconcileChat asks alice's own archive (mod_mam, archiving every
