@@ -812,6 +812,13 @@ func (r *Room) send(ctx context.Context, content []byte, opts []SendOption) (tr 
 // if the resumed session brings it, makes it DELIVERED_TO_RECIPIENT as for
 // any message of the room. It returns an error wrapping ErrBadIDs when the
 // message is already pending.
+//
+// A restored message that the resumed session acknowledges at once
+// (TokenAcked right after Connect) was in the server's hands before the
+// restart: the earlier process may have read its reflection, and counted it
+// in the h it recorded, without recording the delivery, so the reflection
+// does not come again. Ask the room's archive about such a message
+// (package reconcile), as xmpptrack muc -outbox does.
 func (r *Room) Follow(tok *stream.StanzaToken, originID string, b []byte, sentAt time.Time, opts ...SendOption) (*tracking.MessageTracker, error) {
 	cfg := sendConfig{timeout: r.c.timeout, sentAt: sentAt}
 	for _, o := range opts {

@@ -195,6 +195,7 @@ func mucJob(o mucOptions, stdout, stderr io.Writer) error {
 	// A session the last run left may still be in the room: follow what
 	// it wrote before the first stanza arrives.
 	followed := make(map[int]*tracking.MessageTracker)
+	followedToks := make(map[int]*stream.StanzaToken)
 	var room *muc.Room
 	resuming := j.state.Session.ResumeID != ""
 	if resuming {
@@ -209,7 +210,7 @@ func mucJob(o mucOptions, stdout, stderr io.Writer) error {
 			}
 			tr, err := room.Follow(tok, m.OriginID, m.Stanza, m.SentAt, muc.Timeout(o.cfg.Timeout))
 			if err == nil {
-				followed[i] = tr
+				followed[i], followedToks[i] = tr, tok
 			}
 		}
 	}
@@ -223,6 +224,13 @@ func mucJob(o mucOptions, stdout, stderr io.Writer) error {
 		if room, err = rooms.Join(lctx, o.room, o.nick); err != nil {
 			return fmt.Errorf("cannot join %s: %w", o.room, err)
 		}
+	}
+
+	// A restored message the resumed session acknowledged at once: the
+	// server had it, and the earlier process may have read (and counted in
+	// its h) the room's reflection without recording it. The archive tells.
+	if err := j.confirmAcked(ctx, rc, room, followed, followedToks); err != nil {
+		return err
 	}
 
 	// Messages an earlier run wrote that nobody follows now (acknowledged
@@ -320,3 +328,38 @@ func (t jobTarget) Send(ctx context.Context, index int, body string, timeout tim
 }
 
 func (jobTarget) Proof() string { return "reflection from the room" }
+
+// confirmAcked asks the room's archive about the followed messages whose
+// tokens the resumed session acknowledged, and moves to
+// DELIVERED_TO_RECIPIENT those it holds. The others go on waiting for
+// their reflection (or their timeout): nothing is sent again, since no
+// anchor is given and absence so proves nothing.
+func (j *job) confirmAcked(ctx context.Context, rc *reconcile.Reconciler, room *muc.Room, followed map[int]*tracking.MessageTracker, toks map[int]*stream.StanzaToken) error {
+	var msgs []reconcile.Uncertain
+	byKey := make(map[string]*tracking.MessageTracker)
+	for i, tok := range toks {
+		if tok.State() != stream.TokenAcked {
+			continue
+		}
+		m := j.records[tok.ID()]
+		msgs = append(msgs, reconcile.Uncertain{Key: m.Key, ID: m.Key, OriginID: m.OriginID, To: room.Addr(), Kind: reconcile.Groupchat, SentAt: m.SentAt})
+		byKey[m.Key] = followed[i]
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	decisions, err := rc.Decide(ctx, msgs, nil, reconcile.ResendIfAbsent)
+	if err != nil {
+		return fmt.Errorf("reconciling with the room's archive: %w", err)
+	}
+	for _, d := range decisions {
+		if tr := byKey[d.Key]; tr != nil && d.Outcome == reconcile.Delivered {
+			resp := &tracking.Response{StanzaID: d.StanzaID, StanzaIDBy: room.Addr()}
+			resp.Message.From, resp.Message.Type = room.OccupantJID(), stanza.GroupChatMessage
+			_ = tr.Transition(tracking.DeliveredToRecipient, resp) // a reflection may have come first
+		}
+	}
+	return nil
+}

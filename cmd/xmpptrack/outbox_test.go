@@ -27,6 +27,7 @@ import (
 	"github.com/xmpptrack/xmpptrack/bridge"
 	"github.com/xmpptrack/xmpptrack/integration/faultproxy"
 	"github.com/xmpptrack/xmpptrack/integration/prosody"
+	"github.com/xmpptrack/xmpptrack/integration/servers"
 	"github.com/xmpptrack/xmpptrack/muc"
 	"github.com/xmpptrack/xmpptrack/outbox"
 	"github.com/xmpptrack/xmpptrack/outbox/boltstore"
@@ -41,13 +42,13 @@ type watcher struct {
 	bodies map[string]int
 }
 
-func watch(t *testing.T, srv *prosody.Server, user, password string, room jid.JID, fromNick string) *watcher {
+func watch(t *testing.T, srv servers.Server, user, password string, room jid.JID, fromNick string) *watcher {
 	t.Helper()
 	return watchEvents(t, srv, user, password, room, fromNick, nil)
 }
 
 // watchEvents is watch, with the watcher's room events told to onEvent.
-func watchEvents(t *testing.T, srv *prosody.Server, user, password string, room jid.JID, fromNick string, onEvent func(muc.Event)) *watcher {
+func watchEvents(t *testing.T, srv servers.Server, user, password string, room jid.JID, fromNick string, onEvent func(muc.Event)) *watcher {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
@@ -196,53 +197,61 @@ func startKilled(t *testing.T, bin string, k int, args ...string) {
 // outbox. Every index ends DELIVERED_TO_RECIPIENT, and the room distributed
 // each body exactly once.
 func TestOutboxSenderDies(t *testing.T) {
-	const n = 300
-	users := map[string]string{"alice": "alice-pw", "watcher": "watcher-pw"}
-	srv := prosody.StartTB(t, prosody.Options{Users: users})
-	room := jid.MustParse("crash@" + srv.MUCDomain())
-	w := watch(t, srv, "watcher", "watcher-pw", room, "alice")
-	bin := build(t)
-	file := filepath.Join(t.TempDir(), "job.outbox")
-	const body = "crash %d"
-	args := []string{"muc", "-addr", srv.Addr(), "-ca", srv.CAFile(), "-jid", srv.JID("alice").String(),
-		"-password", "alice-pw", "-room", room.String(), "-n", strconv.Itoa(n), "-window", "20",
-		"-body", body, "-json", "-outbox", file}
+	servers.Run(t, func(t *testing.T, k servers.Kind) {
+		const n = 300
+		users := map[string]string{"alice": "alice-pw", "watcher": "watcher-pw"}
+		srv := k.StartTB(t, servers.Options{Users: users})
+		room := jid.MustParse("crash@" + srv.MUCDomain())
+		w := watch(t, srv, "watcher", "watcher-pw", room, "alice")
+		bin := build(t)
+		file := filepath.Join(t.TempDir(), "job.outbox")
+		const body = "crash %d"
+		args := []string{"muc", "-addr", srv.Addr(), "-ca", srv.CAFile(), "-jid", srv.JID("alice").String(),
+			"-password", "alice-pw", "-room", room.String(), "-n", strconv.Itoa(n), "-window", "20",
+			"-body", body, "-json", "-outbox", file}
 
-	startKilled(t, bin, n/3, args...)
-	r := runCmd(t, bin, args...)
-	if r.code != 0 {
-		t.Fatalf("second run: exit status %d\nstderr: %s\nstdout: %.2000s", r.code, r.stderr, r.stdout)
-	}
-	states, earlier := jobLines(t, r, n)
-	for i, s := range states {
-		if s != "DELIVERED_TO_RECIPIENT" {
-			t.Errorf("index %d: %s", i, s)
+		startKilled(t, bin, n/3, args...)
+		r := runCmd(t, bin, args...)
+		if r.code != 0 {
+			var bad []string
+			for _, l := range strings.Split(r.stdout, "\n") {
+				if l != "" && !strings.Contains(l, "DELIVERED_TO_RECIPIENT") {
+					bad = append(bad, l)
+				}
+			}
+			t.Fatalf("second run: exit status %d\nstderr: %s\nlines short of delivery:\n%s", r.code, r.stderr, strings.Join(bad, "\n"))
 		}
-	}
-	t.Logf("second run: %d outcomes earlier, the rest followed, decided or sent now", earlier)
-	if earlier < n/3 {
-		t.Errorf("%d outcomes printed as earlier, want at least the %d the first run saw", earlier, n/3)
-	}
-	w.check(t, body, n)
+		states, earlier := jobLines(t, r, n)
+		for i, s := range states {
+			if s != "DELIVERED_TO_RECIPIENT" {
+				t.Errorf("index %d: %s", i, s)
+			}
+		}
+		t.Logf("second run: %d outcomes earlier, the rest followed, decided or sent now", earlier)
+		if earlier < n/3 {
+			t.Errorf("%d outcomes printed as earlier, want at least the %d the first run saw", earlier, n/3)
+		}
+		w.check(t, body, n)
 
-	// A finished job run again prints its lines and sends nothing.
-	again := runCmd(t, bin, args...)
-	if again.code != 0 {
-		t.Fatalf("finished job: exit status %d\nstderr: %s", again.code, again.stderr)
-	}
-	if _, earlier := jobLines(t, again, n); earlier != n {
-		t.Fatalf("finished job: %d of %d lines earlier", earlier, n)
-	}
-	w.check(t, body, n)
-	if info, err := os.Stat(file); err != nil || info.Mode().Perm() != 0o600 {
-		t.Fatalf("outbox file mode: %v, %v; want 0600", info, err)
-	}
+		// A finished job run again prints its lines and sends nothing.
+		again := runCmd(t, bin, args...)
+		if again.code != 0 {
+			t.Fatalf("finished job: exit status %d\nstderr: %s", again.code, again.stderr)
+		}
+		if _, earlier := jobLines(t, again, n); earlier != n {
+			t.Fatalf("finished job: %d of %d lines earlier", earlier, n)
+		}
+		w.check(t, body, n)
+		if info, err := os.Stat(file); err != nil || info.Mode().Perm() != 0o600 {
+			t.Fatalf("outbox file mode: %v, %v; want 0600", info, err)
+		}
+	})
 }
 
 // archived counts the bodies the room's archive holds from nick, read
 // through a bridge over a stream of user's: what the room really took in,
 // across a restart of the server.
-func archived(t *testing.T, srv *prosody.Server, user, password string, room jid.JID, nick string) map[string]int {
+func archived(t *testing.T, srv servers.Server, user, password string, room jid.JID, nick string) map[string]int {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
@@ -312,6 +321,9 @@ func (c *archiveCounter) HandleMessage(_ xstanza.Message, r xmlstream.TokenReadE
 // cannot be resumed. The messages the room had end DELIVERED_TO_RECIPIENT
 // through its archive (none CLOSED: the archive vouches), only what it
 // lacked is sent again, and the archive holds each body exactly once.
+//
+// Prosody only: the test keeps the room (and so its archive) across the
+// restart with Prosody's muc_room_default_persistent.
 func TestOutboxServerRestarts(t *testing.T) {
 	const n = 600
 	users := map[string]string{"alice": "alice-pw", "watcher": "watcher-pw"}
@@ -394,6 +406,9 @@ func TestOutboxServerRestarts(t *testing.T) {
 // once; with the archive in memory (lost with the restart) nothing is sent
 // twice, nothing is reported delivered that the room did not distribute,
 // and every index ends in a final state.
+//
+// Prosody only: the test chooses where the room's archive lives (disk or
+// memory) with Prosody's storage settings.
 func TestOutboxBothDie(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
