@@ -98,6 +98,21 @@
 // sending is alive, however slow its acks, up to Config.AckTimeout. The
 // rules live in sm.Pacer; Stats reports the estimate and the timeout.
 //
+// # Durability across restarts
+//
+// With Config.Outbox (package outbox; outbox/boltstore keeps it in a file),
+// the writer commits each batch of stanzas, with the XEP-0198 state, before
+// its bytes reach the socket, and Note lets the layers above record their
+// messages in the same commits. A new process opens the same outbox with New:
+// it restores the session the earlier one left, and Connect resumes it if
+// the server still holds it; what the server had not acknowledged is written
+// again with the same ids, and the inbound count carries on. Restored gives
+// the restored stanzas' tokens, so that the layers above (set up between New
+// and Connect, so that they see the first stanza the server resends) can
+// follow them. When the session cannot be resumed, those tokens end
+// DISCONNECTED: package reconcile asks the server's archive what became of
+// them. A clean Close records that nothing is left to resume.
+//
 // # Bounds
 //
 // At most Config.MaxUnacked stanzas are written and unacknowledged, and at
