@@ -1,13 +1,18 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -160,9 +165,114 @@ func (d *demo) run(ctx context.Context) error {
 		return err
 	}
 
+	d.heading("a crash: the sender is killed mid-run and run again on its outbox")
+	if err := d.showCrash(ctx, bob); err != nil {
+		return err
+	}
+
 	d.heading("done")
-	d.say("Every message ended in a state that says truthfully how far it got.")
+	d.say("Every message ended in a state that says truthfully how far it got, and a crash")
+	d.say("neither lost nor duplicated any.")
 	return nil
+}
+
+// showCrash runs "xmpptrack muc -outbox" as a child process, kills it with
+// SIGKILL a third of the way through, and runs it again: the second run
+// resumes the old session, asks the room's archive about what the first
+// left uncertain, and sends the rest. bob counts what the room distributed.
+func (d *demo) showCrash(ctx context.Context, bob *run.Session) error {
+	const n = 60
+	room, err := d.roomJID("demo-crash")
+	if err != nil {
+		return err
+	}
+	if _, err := bob.MUC.Join(ctx, room, d.bob.JID.Localpart()); err != nil {
+		return fmt.Errorf("bob: %w", err)
+	}
+	var mu sync.Mutex
+	bodies := make(map[string]int)
+	from := room.String() + "/" + d.alice.JID.Localpart()
+	remove := bob.Stream.HandleElement(func(el *stream.Element) {
+		var m struct {
+			Body string `xml:"body"`
+		}
+		if el.Start.Name.Local == "message" && el.Attr("type") == "groupchat" && el.Attr("from") == from && el.Decode(&m) == nil {
+			mu.Lock()
+			bodies[m.Body]++
+			mu.Unlock()
+		}
+	})
+	defer remove()
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "xmpptrack-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	args := []string{"muc", "-addr", d.alice.Addr, "-jid", d.alice.JID.String(), "-password", d.alice.Password,
+		"-room", room.String(), "-n", strconv.Itoa(n), "-window", "10", "-body", "crash-proof %d", "-json",
+		"-outbox", filepath.Join(dir, "job.outbox")}
+	if d.alice.CAFile != "" {
+		args = append(args, "-ca", d.alice.CAFile)
+	}
+	d.say("xmpptrack muc -n %d -outbox FILE ... sends to %s; it is killed (SIGKILL) after %d outcomes.", n, room, n/3)
+	first := exec.CommandContext(ctx, exe, args...)
+	out, err := first.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := first.Start(); err != nil {
+		return err
+	}
+	sc := bufio.NewScanner(out)
+	for seen := 0; seen < n/3 && sc.Scan(); {
+		if strings.Contains(sc.Text(), `"index"`) {
+			seen++
+		}
+	}
+	first.Process.Kill()
+	first.Wait()
+	d.say("Killed. The same command again:")
+	second := exec.CommandContext(ctx, exe, args...)
+	b, err := second.Output()
+	if err != nil {
+		return fmt.Errorf("the second run: %w", err)
+	}
+	earlier, now, delivered := 0, 0, 0
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.Contains(l, `"index"`) {
+			continue // the summary
+		}
+		if strings.Contains(l, `"earlier":true`) {
+			earlier++
+		} else {
+			now++
+		}
+		if strings.Contains(l, `"DELIVERED_TO_RECIPIENT"`) {
+			delivered++
+		}
+	}
+	d.say("It printed %d outcomes the first run had recorded, and %d it established now (the resumed", earlier, now)
+	d.say("session, the room's archive, or a first send): %d of %d DELIVERED_TO_RECIPIENT.", delivered, n)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		got, twice := len(bodies), 0
+		for _, c := range bodies {
+			if c > 1 {
+				twice++
+			}
+		}
+		mu.Unlock()
+		if got >= n || time.Now().After(deadline) {
+			d.say("bob saw %d distinct messages, %d of them more than once.", got, twice)
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // showError has alice leave a second room with a bare unavailable presence
