@@ -98,7 +98,7 @@ func (w *world) attach(t *testing.T) {
 }
 
 // connect makes the stream's first connection and returns it, with stream
-// management enabled as S1 unless the connection resumed, and attaches the
+// management enabled unless the connection resumed, and attaches the
 // reconciler unless it is already.
 func (w *world) connect(t *testing.T) *fakeserver.Conn {
 	t.Helper()
@@ -109,7 +109,7 @@ func (w *world) connect(t *testing.T) *fakeserver.Conn {
 		errc <- w.s.Connect(ctx)
 	}()
 	c := w.srv.Next(t)
-	if c.Resume == nil {
+	if c.JID.Localpart() != "" { // bound: not resumed
 		c.EnableSM(t, "S1")
 	}
 	if err := <-errc; err != nil {
@@ -628,19 +628,9 @@ func TestFollowRefused(t *testing.T) {
 	w.attach(t) // the stream has the address restored
 	tr := w.follow(t, b)
 	w.srv.OnResume(func(fakeserver.Resume) string { return fmt.Sprintf(refused, 0) })
-	errc := make(chan error, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), fakeserver.Timeout)
-		defer cancel()
-		errc <- w.s.Connect(ctx)
-	}()
-	c := w.srv.Next(t)
+	c := w.connect(t)
 	if c.Resume == nil {
 		t.Fatal("the stream did not try to resume")
-	}
-	c.EnableSM(t, "S2")
-	if err := <-errc; err != nil {
-		t.Fatal(err)
 	}
 	a := serveAfterLoss(t, c, []string{"m1"}, nil)
 	waitFor(t, tr, tracking.DeliveredToServer)

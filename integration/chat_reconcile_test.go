@@ -10,6 +10,7 @@ import (
 	"time"
 
 	xchat "github.com/xmpptrack/xmpptrack/chat"
+	"github.com/xmpptrack/xmpptrack/integration/faultproxy"
 	"github.com/xmpptrack/xmpptrack/integration/prosody"
 	"github.com/xmpptrack/xmpptrack/reconcile"
 	"github.com/xmpptrack/xmpptrack/stream"
@@ -40,26 +41,8 @@ func TestChatResumeRefusedReconciled(t *testing.T) {
 	})
 	p := newProxy(t, srv)
 	var gate sync.RWMutex // held while alice must not reconnect
-	events := make(chan stream.Event, 64)
-	alice := dialStream(t, srv, "alice", func(c *stream.Config) {
-		viaProxyOneAtATime(t, p)(c)
-		// A reconnection attempt, bounded by the ack timeout, starts as
-		// the link is cut and must outlast the server's hibernation while
-		// its dial is held.
-		c.AckTimeout = hibernation + 10*time.Second
-		dial := c.Dial
-		c.Dial = func(ctx context.Context) (net.Conn, error) {
-			gate.RLock()
-			defer gate.RUnlock()
-			return dial(ctx)
-		}
-	})
-	alice.OnEvent(func(ev stream.Event) {
-		select {
-		case events <- ev:
-		default:
-		}
-	})
+	alice := dialStream(t, srv, "alice", gatedViaProxy(t, p, &gate, hibernation+10*time.Second))
+	events := eventsOf(alice)
 	bob := dialStream(t, srv, "bob", nil)
 	seen := newChatLog(bob)
 	responder := xchat.NewResponder(bob)
@@ -185,4 +168,35 @@ func TestChatResumeRefusedReconciled(t *testing.T) {
 	if len(got) != len(all) {
 		t.Errorf("bob received %d messages, want %d", len(got), len(all))
 	}
+}
+
+// gatedViaProxy is viaProxyOneAtATime, and dials only while gate is not
+// held for writing, so that a test can keep the stream from reconnecting
+// until the server has dropped its session. ackTimeout bounds a
+// reconnection attempt, which starts as the link is lost and must outlast
+// the hold while its dial waits.
+func gatedViaProxy(t testing.TB, p *faultproxy.Proxy, gate *sync.RWMutex, ackTimeout time.Duration) func(*stream.Config) {
+	return func(c *stream.Config) {
+		viaProxyOneAtATime(t, p)(c)
+		c.AckTimeout = ackTimeout
+		dial := c.Dial
+		c.Dial = func(ctx context.Context) (net.Conn, error) {
+			gate.RLock()
+			defer gate.RUnlock()
+			return dial(ctx)
+		}
+	}
+}
+
+// eventsOf returns the channel that learns of s's connection events (the
+// latest ones are dropped when it is full).
+func eventsOf(s *stream.Stream) <-chan stream.Event {
+	events := make(chan stream.Event, 64)
+	s.OnEvent(func(ev stream.Event) {
+		select {
+		case events <- ev:
+		default:
+		}
+	})
+	return events
 }
