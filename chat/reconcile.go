@@ -189,7 +189,10 @@ func (c *Client) record(m *message, st tracking.MessageState, resp *tracking.Res
 // before the lost ones. Messages still queued go out in the new session,
 // as without a reconciler. rc must serve the session of a bridge over the
 // same stream (see reconcile.Handle); its occupant function may be nil.
-// nil restores the default.
+// The Reconciler knows our messages in the archive by our address as that
+// session has it: make the bridge once the stream has one (after Connect,
+// or on a stream that restored a session from its outbox), or every
+// message is Unknown. nil restores the default.
 func (c *Client) SetReconciler(rc *reconcile.Reconciler, p reconcile.Policy) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
