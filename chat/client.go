@@ -12,6 +12,7 @@ import (
 	"mellium.im/xmlstream"
 	"mellium.im/xmpp/jid"
 
+	"github.com/xmpptrack/xmpptrack/reconcile"
 	xstanza "github.com/xmpptrack/xmpptrack/stanza"
 	"github.com/xmpptrack/xmpptrack/stream"
 	"github.com/xmpptrack/xmpptrack/tracking"
@@ -69,12 +70,27 @@ type SendOption func(*sendConfig)
 
 type sendConfig struct {
 	timeout time.Duration
+	id      string
+	idSet   bool // WithID was given, even with an empty id
 }
 
 // Timeout overrides the client's default timeout for one message. Zero or
 // less means no timeout.
 func Timeout(d time.Duration) SendOption {
 	return func(c *sendConfig) { c.timeout = d }
+}
+
+// WithID sends the message with id instead of a new one, as its id and as
+// its XEP-0359 origin-id (a message of the client carries one value in
+// both): to send again, after a restart, a message whose earlier copy our
+// archive does not hold (see package reconcile), so that a receiver that
+// drops duplicates by origin-id can drop the copy, and a receipt for
+// either copy moves the tracker. id must be non-empty text that XML allows
+// (else ErrBadID), and not tracked by the client already (else
+// ErrDuplicateID). Follow ignores it: a restored message keeps its token's
+// id.
+func WithID(id string) SendOption {
+	return func(c *sendConfig) { c.id, c.idSet = id, true }
 }
 
 // A Client sends tracked one-to-one messages over one stream.
@@ -89,10 +105,25 @@ type Client struct {
 	// that waiting for it respects the caller's context.
 	send chan struct{}
 
-	closeOnce sync.Once
-	remove    func()
+	// ctx ends when the client is closed: messages sent again after a
+	// lost session stop waiting for the stream then.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	closeOnce            sync.Once
+	remove, removeEvents func()
 
 	rec tracking.Recorder // counts the trackers handed out, for Stats
+
+	// mu guards the fields below and the fields of each message that say
+	// so.
+	mu         sync.Mutex
+	msgs       map[string]*message         // tracked, by id, until tracking ends
+	anchors    map[string]reconcile.Anchor // by the contact's bare JID
+	seq        uint64                      // messages tracked, for their order
+	session    uint64                      // the latest new session (stream.Event.Session)
+	reconciler *reconcile.Reconciler
+	policy     reconcile.Policy
 }
 
 // NewClient attaches a client to s: from then on it reads every message the
@@ -102,8 +133,14 @@ func NewClient(s *stream.Stream, opts ...ClientOption) *Client {
 	for _, o := range opts {
 		o.applyClient(&cfg)
 	}
-	c := &Client{s: s, m: newMatcher(cfg), timeout: cfg.timeout, send: make(chan struct{}, 1)}
+	c := &Client{
+		s: s, m: newMatcher(cfg), timeout: cfg.timeout, send: make(chan struct{}, 1),
+		msgs:    make(map[string]*message),
+		anchors: make(map[string]reconcile.Anchor),
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.remove = s.HandleElement(c.m.Handle)
+	c.removeEvents = s.OnEvent(c.streamEvent)
 	return c
 }
 
@@ -159,10 +196,17 @@ func (c *Client) sendTracked(ctx context.Context, to jid.JID, content []byte, op
 		o(&cfg)
 	}
 	id := xstanza.NewID()
+	if cfg.idSet {
+		if cfg.id == "" || !xstanza.ValidText(cfg.id) {
+			return nil, fmt.Errorf("chat: send to %s: WithID(%q): %w", addr, cfg.id, ErrBadID)
+		}
+		id = cfg.id
+	}
 	b := appendChat(make([]byte, 0, 240+len(addr)+len(content)), addr, id, content)
 
 	t := tracking.NewMessageTracker(tracking.WithID(id))
 	t.SetTimeout(cfg.timeout)
+	m := newMessage(c, t, to, id, b, sent)
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// Stop waiting (for the send lock, for room in the queue) once the
@@ -181,7 +225,7 @@ func (c *Client) sendTracked(ctx context.Context, to jid.JID, content []byte, op
 		_ = t.Close()
 		return nil, fmt.Errorf("chat: send to %s: %w", addr, ctx.Err())
 	}
-	if err := c.m.Track(to, id, t); err != nil {
+	if err := c.track(m); err != nil {
 		<-c.send
 		_ = t.Close()
 		return nil, fmt.Errorf("chat: send to %s: %w", addr, err)
@@ -198,9 +242,52 @@ func (c *Client) sendTracked(ctx context.Context, to jid.JID, content []byte, op
 		_ = t.Close()
 		return nil, fmt.Errorf("chat: send to %s: %w", addr, err)
 	}
-	// A fresh tracker is bound once; Bind cannot fail here. A tracker that
-	// ended meanwhile aborts the token.
-	_ = t.Bind(tok)
+	// A tracker that ended meanwhile aborts the token.
+	m.follow(tok)
+	return t, nil
+}
+
+// Follow tracks a one-to-one message that an earlier process wrote and
+// that the stream restored from its outbox (stream.Stream.Restored): tok is
+// its token, to its addressee as sent, b its stanza and sentAt when it was
+// first written, as the outbox recorded them (outbox.Message's To, Stanza
+// and SentAt; its Key is tok's id, which is the message's origin-id too).
+// The tracker follows tok, and a receipt, a marker or an error reply for the
+// message moves it as for any message of the client. When the session could
+// not be resumed, a client with a reconciler (SetReconciler) asks the
+// archive about it as about any message lost with a session. Call Follow
+// between stream.New and Connect, on a client made before Connect, so that
+// neither the answers the resumed session brings nor the new session are
+// missed. It returns an error wrapping ErrDuplicateID when the id is
+// already tracked, ErrClosed after Close.
+func (c *Client) Follow(tok *stream.StanzaToken, to jid.JID, b []byte, sentAt time.Time, opts ...SendOption) (*tracking.MessageTracker, error) {
+	switch {
+	case tok == nil:
+		return nil, errors.New("chat: follow: nil token")
+	case to.Domainpart() == "":
+		return nil, fmt.Errorf("chat: follow %q: no address", tok.ID())
+	case len(b) == 0:
+		return nil, fmt.Errorf("chat: follow %q: no stanza", tok.ID())
+	}
+	cfg := sendConfig{timeout: c.timeout}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if sentAt.IsZero() {
+		sentAt = time.Now()
+	}
+	t := tracking.NewMessageTracker(tracking.WithID(tok.ID()))
+	t.SetTimeout(cfg.timeout)
+	m := newMessage(c, t, to, tok.ID(), bytes.Clone(b), sentAt)
+	c.send <- struct{}{}
+	err := c.track(m)
+	<-c.send
+	if err != nil {
+		_ = t.Close()
+		return nil, fmt.Errorf("chat: follow: %w", err)
+	}
+	m.follow(tok)
+	c.rec.Track(t, time.Now())
 	return t, nil
 }
 
@@ -226,7 +313,9 @@ func (c *Client) AddHook(h tracking.Hook) (remove func()) { return c.rec.AddHook
 // returns nil; it implements io.Closer.
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
+		c.cancel()
 		c.remove()
+		c.removeEvents()
 		c.m.Close()
 	})
 	return nil
@@ -238,10 +327,10 @@ func appendChat(b []byte, addr, id string, content []byte) []byte {
 	b = append(b, "<message type='chat' to='"...)
 	b = xstanza.AppendEscaped(b, addr)
 	b = append(b, "' id='"...)
-	b = append(b, id...)
+	b = xstanza.AppendEscaped(b, id)
 	b = append(b, "'>"...)
 	b = append(b, content...)
 	b = append(b, "<origin-id xmlns='"+xstanza.NSSID+"' id='"...)
-	b = append(b, id...)
+	b = xstanza.AppendEscaped(b, id)
 	return append(b, "'/><request xmlns='"+NSReceipts+"'/><markable xmlns='"+NSMarkers+"'/></message>"...)
 }

@@ -91,6 +91,28 @@
 // what to do with them): the trackers of such messages end TIMED_OUT unless
 // a displayed marker reaches the new session.
 //
+// With a reconciler (Client.SetReconciler), the messages the lost session
+// had written and the server had not acknowledged are not ended CLOSED:
+// after the new session starts, those without a receipt are looked for in
+// our own message archive (XEP-0313, package reconcile). One the archive
+// holds is DELIVERED_TO_SERVER and stays tracked, as its receipt may still
+// come; one it shows absent (it holds the anchor: the latest message to the
+// same contact that the server had acknowledged before) is sent again with
+// the same id and origin-id, after the messages sent meanwhile; the rest end
+// CLOSED, with the archive's reason. Messages still queued simply go out in
+// the new session.
+//
+// # Across a restart
+//
+// With an outbox (stream.Config.Outbox), the client records each tracked
+// message (outbox.Message of Kind outbox.Chat, To as sent, its id as
+// origin-id) before it is sent, and again at each change of its state, up
+// to the last. A new process follows the messages the stream restored with
+// Client.Follow, so that their receipts and markers still move a tracker,
+// and the archive decides about them when the old session cannot be
+// resumed. WithID sends a message with a given id, to send one again that
+// an earlier process recorded but never wrote.
+//
 // # Without a stream
 //
 // A Matcher is the matching part alone, without a stream: it tracks
@@ -141,4 +163,7 @@ var (
 	// holds characters that XML does not allow (such as most control
 	// characters): sent as is, it would break the stream.
 	ErrInvalidText = errors.New("chat: text not allowed in XML")
+	// ErrBadID is returned for a WithID whose id is empty or holds
+	// characters that XML does not allow.
+	ErrBadID = errors.New("chat: bad id")
 )

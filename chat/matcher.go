@@ -132,13 +132,7 @@ func (m *Matcher) Track(to jid.JID, id string, t *tracking.MessageTracker) error
 		m.peers[addr] = p
 	}
 	e.peer = p
-	e.prev = p.tail
-	if p.tail != nil {
-		p.tail.next = e
-	} else {
-		p.head = e
-	}
-	p.tail = e
+	p.push(e)
 	p.n++
 	m.byID[id] = e
 	m.mu.Unlock()
@@ -149,6 +143,46 @@ func (m *Matcher) Track(to jid.JID, id string, t *tracking.MessageTracker) error
 		}
 	})
 	return nil
+}
+
+// requeue moves the message id to the end of its address's messages: it is
+// sent again after those sent meanwhile, and a displayed marker is
+// cumulative in the order on the wire.
+func (m *Matcher) requeue(id string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e := m.byID[id]
+	if e == nil || e.peer == nil || e.peer.tail == e {
+		return
+	}
+	e.peer.remove(e)
+	e.peer.push(e)
+}
+
+// push links e as p's latest message.
+func (p *peer) push(e *entry) {
+	e.prev, e.next = p.tail, nil
+	if p.tail != nil {
+		p.tail.next = e
+	} else {
+		p.head = e
+	}
+	p.tail = e
+}
+
+// remove unlinks e from p's messages.
+func (p *peer) remove(e *entry) {
+	if e.prev != nil {
+		e.prev.next = e.next
+	} else {
+		p.head = e.next
+	}
+	if e.next != nil {
+		e.next.prev = e.prev
+	} else {
+		p.tail = e.prev
+	}
+	e.prev, e.next = nil, nil
 }
 
 // Pending returns how many messages are remembered, and for how many
@@ -199,16 +233,7 @@ func (m *Matcher) unlinkLocked(e *entry) {
 	if p == nil {
 		return
 	}
-	if e.prev != nil {
-		e.prev.next = e.next
-	} else {
-		p.head = e.next
-	}
-	if e.next != nil {
-		e.next.prev = e.prev
-	} else {
-		p.tail = e.prev
-	}
+	p.remove(e)
 	p.n--
 	if e.delivered {
 		if e.dprev != nil {

@@ -305,26 +305,8 @@ func TestMUCResumeRefused(t *testing.T) {
 		})
 		p := newProxy(t, srv)
 		var gate sync.RWMutex // held while alice must not reconnect
-		streamEvents := make(chan stream.Event, 64)
-		alice := dialStream(t, srv, "alice", func(c *stream.Config) {
-			viaProxyOneAtATime(t, p)(c)
-			// A reconnection attempt, bounded by the ack timeout, starts as the
-			// link is declared dead and must outlast the server's hibernation
-			// while its dial is held.
-			c.AckTimeout = hibernation + 5*time.Second
-			dial := c.Dial
-			c.Dial = func(ctx context.Context) (net.Conn, error) {
-				gate.RLock()
-				defer gate.RUnlock()
-				return dial(ctx)
-			}
-		})
-		alice.OnEvent(func(ev stream.Event) {
-			select {
-			case streamEvents <- ev:
-			default:
-			}
-		})
+		alice := dialStream(t, srv, "alice", gatedViaProxy(t, p, &gate, hibernation+5*time.Second))
+		streamEvents := eventsOf(alice)
 		bob := dialStream(t, srv, "bob", nil)
 		room := roomJID(t, srv, "refused")
 
