@@ -795,11 +795,11 @@ func (r *Room) send(ctx context.Context, content []byte, opts []SendOption) (tr 
 	b = append(b, "<message type='groupchat' to='"...)
 	b = xstanza.AppendEscaped(b, r.key)
 	b = append(b, "' id='"...)
-	b = append(b, id...)
+	b = xstanza.AppendEscaped(b, id)
 	b = append(b, "'>"...)
 	b = append(b, content...)
 	b = append(b, "<origin-id xmlns='urn:xmpp:sid:0' id='"...)
-	b = append(b, originID...)
+	b = xstanza.AppendEscaped(b, originID)
 	b = append(b, "'/></message>"...)
 	return r.track(ctx, id, originID, b, cfg, nil)
 }

@@ -182,15 +182,21 @@ func mucJob(o mucOptions, stdout, stderr io.Writer) error {
 	rooms := muc.NewClient(s)
 	defer rooms.Close()
 	// Reconciliation: the archive decides what a lost session's messages
-	// became (after a refused resumption, live or at this start).
-	b, err := bridge.New(s)
-	if err != nil {
-		return err
+	// became (after a refused resumption, live or at this start). The
+	// bridge's session takes the stream's address when it is made: the
+	// restored one when resuming (set up before Connect, so that a refused
+	// resumption is reconciled), else the one bound by Connect.
+	var rc *reconcile.Reconciler
+	reconciler := func() error {
+		b, err := bridge.New(s)
+		if err != nil {
+			return err
+		}
+		rc = reconcile.New(b.Session(), rooms.Occupant)
+		go b.Session().Serve(mux.New(stanza.NSClient, reconcile.Handle(rc)))
+		rooms.SetReconciler(rc, reconcile.ResendIfAbsent)
+		return nil
 	}
-	defer b.Close()
-	rc := reconcile.New(b.Session(), rooms.Occupant)
-	go b.Session().Serve(mux.New(stanza.NSClient, reconcile.Handle(rc)))
-	rooms.SetReconciler(rc, reconcile.ResendIfAbsent)
 
 	// A session the last run left may still be in the room: follow what
 	// it wrote before the first stanza arrives.
@@ -199,6 +205,9 @@ func mucJob(o mucOptions, stdout, stderr io.Writer) error {
 	var room *muc.Room
 	resuming := j.state.Session.ResumeID != ""
 	if resuming {
+		if err := reconciler(); err != nil {
+			return err
+		}
 		if room, err = rooms.Adopt(o.room, o.nick); err != nil {
 			return err
 		}
@@ -221,6 +230,9 @@ func mucJob(o mucOptions, stdout, stderr io.Writer) error {
 	}
 	defer closeStream(s)
 	if !resuming {
+		if err := reconciler(); err != nil {
+			return err
+		}
 		if room, err = rooms.Join(lctx, o.room, o.nick); err != nil {
 			return fmt.Errorf("cannot join %s: %w", o.room, err)
 		}
