@@ -144,6 +144,7 @@ type pending struct {
 	uncertain bool
 	sentAt    time.Time // when it was first handed to the stream
 	reason    string    // why it ended CLOSED, for the outbox
+	stanzaID  string    // the room's stanza-id of its reflection, for the outbox
 
 	// Guarded by Client.untimed:
 	uprev, unext *pending
@@ -1124,14 +1125,18 @@ func (b *bytesWriter) Write(p []byte) (int, error) {
 func (r *Room) record(p *pending, st tracking.MessageState, resp *tracking.Response) outbox.Message {
 	m := outbox.Message{Key: p.id, OriginID: p.originID, To: r.key, Kind: outbox.Groupchat, Stanza: p.b, State: st.String()}
 	r.mu.Lock()
-	m.Reason = p.reason
-	r.mu.Unlock()
+	defer r.mu.Unlock()
 	if resp != nil {
-		m.StanzaID = resp.StanzaID
+		if resp.StanzaID != "" {
+			p.stanzaID = resp.StanzaID
+		}
 		if resp.Error != nil {
-			m.Reason = resp.Error.Error()
+			p.reason = resp.Error.Error()
 		}
 	}
+	// The last record (the end of tracking, without a response) keeps
+	// what the earlier ones said.
+	m.StanzaID, m.Reason = p.stanzaID, p.reason
 	return m
 }
 
@@ -1213,5 +1218,18 @@ func (r *Room) reconcile(n uint64) {
 	for _, p := range closed {
 		r.c.unlimit(p)
 		_ = p.t.Close()
+	}
+}
+
+// SetAnchor tells the room the stanza-id of the last reflection of ours
+// that an earlier process saw, and when: the anchor of reconciliation
+// (Client.SetReconciler) until a reflection of this process's own replaces
+// it. A process that adopts a room from an earlier one sets it from its
+// outbox's records.
+func (r *Room) SetAnchor(stanzaID string, at time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if stanzaID != "" && at.After(r.anchorAt) {
+		r.anchorID, r.anchorAt = stanzaID, at
 	}
 }

@@ -211,6 +211,17 @@ func mucJob(o mucOptions, stdout, stderr io.Writer) error {
 		if room, err = rooms.Adopt(o.room, o.nick); err != nil {
 			return err
 		}
+		// The anchor of the room's reconciliation: our last reflection
+		// before the earliest message the stream restored.
+		earliest := time.Now()
+		for _, tok := range s.Restored() {
+			if m, ok := j.records[tok.ID()]; ok && m.Written && m.SentAt.Before(earliest) {
+				earliest = m.SentAt
+			}
+		}
+		if a, ok := j.anchor(earliest); ok {
+			room.SetAnchor(a.StanzaID, a.At)
+		}
 		for _, tok := range s.Restored() {
 			i, ok := j.index(tok.ID())
 			m, rec := j.records[tok.ID()]
@@ -274,18 +285,10 @@ func (j *job) decide(ctx context.Context, rc *reconcile.Reconciler, room *muc.Ro
 			earliest = m.SentAt
 		}
 	}
-	// The anchor: the room's stanza-id of the last reflection of ours
-	// before them.
 	var anchors []reconcile.Anchor
-	var at time.Time
-	var best outbox.Message
-	for _, m := range j.records {
-		if s, _ := settled(m); s == tracking.DeliveredToRecipient && m.StanzaID != "" && !m.SentAt.After(earliest) && m.SentAt.After(at) {
-			best, at = m, m.SentAt
-		}
-	}
-	if best.Key != "" {
-		anchors = []reconcile.Anchor{{To: room.Addr(), StanzaID: best.StanzaID, At: best.SentAt}}
+	if a, ok := j.anchor(earliest); ok {
+		a.To = room.Addr()
+		anchors = []reconcile.Anchor{a}
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
@@ -374,4 +377,16 @@ func (j *job) confirmAcked(ctx context.Context, rc *reconcile.Reconciler, room *
 		}
 	}
 	return nil
+}
+
+// anchor returns the room's stanza-id of the last reflection of ours that
+// the records hold, of a message sent no later than before.
+func (j *job) anchor(before time.Time) (reconcile.Anchor, bool) {
+	var best outbox.Message
+	for _, m := range j.records {
+		if s, _ := settled(m); s == tracking.DeliveredToRecipient && m.StanzaID != "" && !m.SentAt.After(before) && m.SentAt.After(best.SentAt) {
+			best = m
+		}
+	}
+	return reconcile.Anchor{StanzaID: best.StanzaID, At: best.SentAt}, best.Key != ""
 }

@@ -483,6 +483,16 @@ func TestOutboxBothDie(t *testing.T) {
 
 			r := runCmd(t, bin, args(srv.Addr())...)
 			states, _ := jobLines(t, r, n)
+			reasons := make(map[int]string)
+			for _, l := range strings.Split(r.stdout, "\n") {
+				var o struct {
+					Index *int   `json:"index"`
+					Error string `json:"error"`
+				}
+				if json.Unmarshal([]byte(l), &o) == nil && o.Index != nil {
+					reasons[*o.Index] = o.Error
+				}
+			}
 			w.mu.Lock()
 			seen := maps.Clone(w.bodies)
 			w.mu.Unlock()
@@ -496,7 +506,7 @@ func TestOutboxBothDie(t *testing.T) {
 				case s == "CLOSED" && tc.lost:
 					closed++
 				default:
-					t.Errorf("index %d ended %s", i, s)
+					t.Errorf("index %d ended %s (%s)", i, s, reasons[i])
 				}
 			}
 			if !tc.lost {
