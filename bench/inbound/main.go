@@ -24,9 +24,9 @@
 //
 // Usage:
 //
-//	go run ./bench/inbound [-n 2000] [-reps 7] [-senders 2] [-window 0] [-o results.json] [-profile DIR]
+//	go run ./bench/inbound [-n 2000] [-reps 7] [-senders 2] [-window 0] [-o results.json] [-profile DIR] [-bin DIR]
 //
-// With -profile, one more repetition writes a CPU profile of the bot to DIR.
+// With -profile, five more repetitions write CPU profiles of the bot to DIR.
 package main
 
 import (
@@ -73,6 +73,8 @@ const (
 	readyTimeout = 30 * time.Second
 	// runTimeout bounds one repetition.
 	runTimeout = 3 * time.Minute
+	// profileReps is how many repetitions -profile adds.
+	profileReps = 5
 )
 
 // Sample is one listener in one repetition.
@@ -112,6 +114,8 @@ type Row struct {
 	RunCPU     float64 `json:"run_cpu_us_per_msg"`
 	ProcessCPU float64 `json:"process_cpu_us_per_msg"`
 	StanzasMsg float64 `json:"stanzas_per_msg"`
+	AllocBytes float64 `json:"alloc_bytes_per_msg"`
+	Allocs     float64 `json:"allocs_per_msg"`
 	MaxRSSMiB  float64 `json:"max_rss_mib"`
 }
 
@@ -134,7 +138,7 @@ type Results struct {
 
 type options struct {
 	n, reps, senders, window int
-	outFile, profile         string
+	outFile, profile, bin    string
 }
 
 func parse(args []string) (options, error) {
@@ -146,6 +150,7 @@ func parse(args []string) (options, error) {
 	fs.IntVar(&o.window, "window", 0, "each sender's messages awaiting their reflection at once (0: all)")
 	fs.StringVar(&o.outFile, "o", "", "also write the results as JSON to `FILE`")
 	fs.StringVar(&o.profile, "profile", "", "write a CPU profile of the bot in one more repetition to `DIR`")
+	fs.StringVar(&o.bin, "bin", "", "build the clients into `DIR` and keep them there (perf's reports need the executables)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -160,11 +165,17 @@ func run(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	dir, err := os.MkdirTemp("", "xmpptrack-inbound-")
-	if err != nil {
+	dir := o.bin
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "xmpptrack-inbound-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		dir = tmp
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
 	bins := map[string]string{xmpptrack: filepath.Join(dir, "bot"), raw: filepath.Join(dir, "raw")}
 	if err := benchkit.Build(bins[xmpptrack], "./bench/inbound/bot"); err != nil {
 		return err
@@ -222,14 +233,20 @@ func run(args []string, stdout io.Writer) error {
 		if err := os.MkdirAll(o.profile, 0o755); err != nil {
 			return err
 		}
-		path, err := filepath.Abs(filepath.Join(o.profile, "bot.pprof"))
-		if err != nil {
-			return err
+		// A repetition is too short for a profile sampled at 100 Hz: take
+		// several, which pprof reads together.
+		var paths []string
+		for k := range profileReps {
+			path, err := filepath.Abs(filepath.Join(o.profile, fmt.Sprintf("bot-%d.pprof", k+1)))
+			if err != nil {
+				return err
+			}
+			if _, err := b.rep(o.reps+k, []string{"-cpuprofile", path}); err != nil {
+				return fmt.Errorf("profiled repetition: %w", err)
+			}
+			paths = append(paths, path)
 		}
-		if _, err := b.rep(o.reps, []string{"-cpuprofile", path}); err != nil {
-			return fmt.Errorf("profiled repetition: %w", err)
-		}
-		fmt.Fprintf(stdout, "CPU profile: %s (go tool pprof -top %s)\n", path, path)
+		fmt.Fprintf(stdout, "CPU profiles of the bot: go tool pprof -top %s\n", strings.Join(paths, " "))
 	}
 	if o.outFile != "" {
 		js, err := json.MarshalIndent(res, "", "  ")
@@ -460,7 +477,7 @@ func (l *listener) kill() {
 
 // median returns the median of each figure over client's samples.
 func median(reps []Rep, client string) Row {
-	var rate, run, proc, stanzas, rss []float64
+	var rate, run, proc, stanzas, allocBytes, allocs, rss []float64
 	for _, r := range reps {
 		s := find(r.Samples, client)
 		rate = append(rate, s.Received.MsgsPerS)
@@ -468,6 +485,7 @@ func median(reps []Rep, client string) Row {
 		proc = append(proc, s.ProcessCPUMicrosPerMsg)
 		stanzas = append(stanzas, float64(s.Received.Stanzas)/float64(max(s.Received.Messages, 1)))
 		rss = append(rss, float64(s.MaxRSSKiB)/1024)
+		allocBytes, allocs = append(allocBytes, s.Received.AllocBytesPerMsg), append(allocs, s.Received.AllocsPerMsg)
 	}
 	return Row{
 		Client: client, Samples: len(reps),
@@ -475,6 +493,8 @@ func median(reps []Rep, client string) Row {
 		RunCPU:     benchkit.Round(benchkit.Median(run), 2),
 		ProcessCPU: benchkit.Round(benchkit.Median(proc), 2),
 		StanzasMsg: benchkit.Round(benchkit.Median(stanzas), 3),
+		AllocBytes: benchkit.Round(benchkit.Median(allocBytes), 0),
+		Allocs:     benchkit.Round(benchkit.Median(allocs), 1),
 		MaxRSSMiB:  benchkit.Round(benchkit.Median(rss), 1),
 	}
 }
@@ -484,11 +504,11 @@ func table(r Results) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "A listener in a busy room: %d messages from %d other occupants (window %s), both listeners in the room side by side; medians of %d repetitions (%s).\n\n",
 		r.N, r.Senders, windowName(r.Window), len(r.Reps), r.Machine)
-	b.WriteString("| listener | msgs/s in | CPU µs/msg (run) | CPU µs/msg (process) | stanzas read/msg | peak RSS MiB |\n")
-	b.WriteString("| --- | ---: | ---: | ---: | ---: | ---: |\n")
+	b.WriteString("| listener | msgs/s in | CPU µs/msg (run) | CPU µs/msg (process) | stanzas read/msg | alloc B/msg | allocs/msg | peak RSS MiB |\n")
+	b.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, row := range r.Rows {
-		fmt.Fprintf(&b, "| %s | %.0f | %.2f | %.2f | %.3f | %.1f |\n",
-			row.Client, row.MsgsPerS, row.RunCPU, row.ProcessCPU, row.StanzasMsg, row.MaxRSSMiB)
+		fmt.Fprintf(&b, "| %s | %.0f | %.2f | %.2f | %.3f | %.0f | %.1f | %.1f |\n",
+			row.Client, row.MsgsPerS, row.RunCPU, row.ProcessCPU, row.StanzasMsg, row.AllocBytes, row.Allocs, row.MaxRSSMiB)
 	}
 	fmt.Fprintf(&b, "\nSenders: %.0f msg/s; Prosody: %.0f µs of CPU per message.\n", r.SendMsgsPerS, r.ServerCPU)
 	verdict := "missed"

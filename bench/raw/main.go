@@ -358,6 +358,7 @@ func (c *client) receive(out *bufio.Writer) error {
 		return err
 	}
 	cpu0 := report.CPUTime()
+	alloc0, objs0 := benchkit.Allocs()
 	var first, last time.Time
 	got := 0
 	for got < c.o.n {
@@ -382,11 +383,14 @@ func (c *client) receive(out *bufio.Writer) error {
 	}
 	cpu := report.CPUTime() - cpu0
 	span := last.Sub(first)
+	allocBytes, allocs := benchkit.PerMsg(alloc0, objs0, got)
 	r := benchkit.Received{
-		Messages:        got,
-		Stanzas:         int(c.h),
-		SpanS:           benchkit.Round(span.Seconds(), 3),
-		CPUMicrosPerMsg: benchkit.Round(float64(cpu.Nanoseconds())/1e3/float64(got), 2),
+		AllocBytesPerMsg: allocBytes,
+		AllocsPerMsg:     allocs,
+		Messages:         got,
+		Stanzas:          int(c.h),
+		SpanS:            benchkit.Round(span.Seconds(), 3),
+		CPUMicrosPerMsg:  benchkit.Round(float64(cpu.Nanoseconds())/1e3/float64(got), 2),
 	}
 	if span > 0 {
 		r.MsgsPerS = benchkit.Round(float64(got-1)/span.Seconds(), 1)

@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"runtime/pprof"
 	"sync"
 	"time"
@@ -43,6 +44,9 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// profileHz is the sampling rate of -cpuprofile.
+const profileHz = 1000
 
 type options struct {
 	addr, caFile, password, nick, cpuProfile string
@@ -132,23 +136,31 @@ func run(args []string, stdout io.Writer) error {
 			return err
 		}
 		defer f.Close()
+		// A run lasts a second or two: sample at 1 kHz rather than
+		// pprof's 100 Hz. Setting the rate first is the way the runtime
+		// allows (StartCPUProfile then warns that it cannot change it).
+		runtime.SetCPUProfileRate(profileHz)
 		if err := pprof.StartCPUProfile(f); err != nil {
 			return fmt.Errorf("starting the CPU profile: %w", err)
 		}
 		defer pprof.StopCPUProfile()
 	}
 	cpu0 := benchkit.CPUTime()
+	alloc0, objs0 := benchkit.Allocs()
 	got, first, last := cnt.wait(o.timeout)
 	cpu := benchkit.CPUTime() - cpu0
+	allocBytes, allocs := benchkit.PerMsg(alloc0, objs0, got)
 	if got < o.n {
 		return fmt.Errorf("%d of %d messages arrived", got, o.n)
 	}
 	span := last.Sub(first)
 	r := benchkit.Received{
-		Messages:        got,
-		Stanzas:         int(s.Stats().Received),
-		SpanS:           benchkit.Round(span.Seconds(), 3),
-		CPUMicrosPerMsg: benchkit.Round(float64(cpu.Nanoseconds())/1e3/float64(got), 2),
+		Messages:         got,
+		Stanzas:          int(s.Stats().Received),
+		SpanS:            benchkit.Round(span.Seconds(), 3),
+		CPUMicrosPerMsg:  benchkit.Round(float64(cpu.Nanoseconds())/1e3/float64(got), 2),
+		AllocBytesPerMsg: allocBytes,
+		AllocsPerMsg:     allocs,
 	}
 	if span > 0 {
 		r.MsgsPerS = benchkit.Round(float64(got-1)/span.Seconds(), 1)

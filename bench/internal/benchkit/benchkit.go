@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/metrics"
 	"slices"
 	"strconv"
 	"strings"
@@ -166,4 +167,25 @@ type Received struct {
 	// CPUMicrosPerMsg is the process's CPU time from Ready to the last
 	// message, divided by the messages.
 	CPUMicrosPerMsg float64 `json:"cpu_us_per_msg"`
+	// AllocBytesPerMsg and AllocsPerMsg are the heap bytes and objects
+	// the process allocated over the same time, per message.
+	AllocBytesPerMsg float64 `json:"alloc_bytes_per_msg"`
+	AllocsPerMsg     float64 `json:"allocs_per_msg"`
+}
+
+// Allocs returns the heap bytes and objects this process has allocated so
+// far.
+func Allocs() (bytes, objects uint64) {
+	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/gc/heap/allocs:objects"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64(), s[1].Value.Uint64()
+}
+
+// PerMsg returns the allocations since b0 and o0 (from Allocs) per message.
+func PerMsg(b0, o0 uint64, msgs int) (bytesPerMsg, objectsPerMsg float64) {
+	if msgs <= 0 {
+		return 0, 0
+	}
+	b, o := Allocs()
+	return Round(float64(b-b0)/float64(msgs), 0), Round(float64(o-o0)/float64(msgs), 2)
 }
