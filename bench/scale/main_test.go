@@ -43,7 +43,7 @@ func TestParse(t *testing.T) {
 	if len(o.levels) != 2 || o.levels[0] != 10 || o.levels[1] != 100 {
 		t.Errorf("levels %v, want [10 100]", o.levels)
 	}
-	if o.work != 20*time.Second || o.maxRate != 400 || o.window != 5*time.Second {
+	if o.work != 20*time.Second || o.maxRate != 100 || o.window != 5*time.Second {
 		t.Errorf("defaults: work %v, max-rate %d, window %v", o.work, o.maxRate, o.window)
 	}
 	if _, err := parse([]string{"-streams", "0"}); err == nil {
