@@ -696,6 +696,19 @@ func table(r Results) string {
 	fmt.Fprintf(&b, "| %d streams in one process | %d logged in | %s |\n", last.Streams, last.Up, metIf(last.Up == last.Streams))
 	fmt.Fprintf(&b, "| idle: ≤ 64 KiB heap per stream | %.1f KiB (largest of the levels) | %s |\n", worstHeap/1024, metIf(worstHeap <= targetHeapPerStream))
 	fmt.Fprintf(&b, "| idle: ≤ 3 goroutines per stream | %.2f (largest of the levels) | %s |\n", worstG, metIf(worstG <= targetGoroutinesPerStream))
+	var full, turns []string
+	for _, l := range r.Levels {
+		if l.PeriodS <= 1 {
+			full = append(full, strconv.Itoa(l.Up))
+		} else {
+			turns = append(turns, fmt.Sprintf("%d at %.2f", l.Up, 1/l.PeriodS))
+		}
+	}
+	rate := "at " + strings.Join(full, ", ") + " streams"
+	if len(turns) > 0 {
+		rate += "; " + strings.Join(turns, ", ") + " msgs/stream/s, within -max-rate: beyond it Prosody, not the client, falls behind"
+	}
+	fmt.Fprintf(&b, "| at work: one message per stream per second | %s | %s |\n", rate, metIf(len(turns) == 0))
 	fmt.Fprintf(&b, "| at work: every message delivered | %s | %s |\n", deliveredSummary(r.Levels), metIf(allDelivered))
 	fmt.Fprintf(&b, "| cost per stream flat (≤ %.2fx from %d to %d streams) | CPU/msg %.2fx, idle heap %.2fx, alloc/msg %.2fx | %s |\n",
 		flatWithin, first.Up, last.Up, cpuGrowth, heapGrowth, allocGrowth,
