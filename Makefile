@@ -50,7 +50,11 @@ demo: prosody-install
 	@sh scripts/demo.sh
 
 ## bench: the end-to-end benchmark against Prosody (xmpptrack beside a raw
-## client), then the memory of 100,000 tracked messages in flight.
+## client), the memory of 100,000 tracked messages in flight, a listener in a
+## busy room (xmpptrack beside the raw client), and 10, 100 and 1,000 streams
+## in one process (20 s of work each; -work 1m for the issue's full minute).
 bench: prosody-install
 	$(GO) run ./bench/e2e -reps 7 -o bench/results.json
 	$(GO) test -run '^$$' -bench InFlight -benchtime 1x ./bench
+	$(GO) run ./bench/inbound -reps 7 -o bench/results-inbound.json
+	$(GO) run ./bench/scale -o bench/results-scale.json

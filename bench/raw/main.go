@@ -13,10 +13,17 @@
 //
 // Usage:
 //
-//	raw -addr host:port -ca FILE -jid JID -password PW -room ROOM [-nick NICK] [-n N] [-window W] [-timeout DUR]
+//	raw -addr host:port -ca FILE -jid JID -password PW -room ROOM [-nick NICK] [-n N] [-window W] [-timeout DUR] [-receive]
 //
 // Its output is that of "xmpptrack muc -json": a line per message at its
 // outcome, then a summary line.
+//
+// With -receive it sends nothing but the join and the answers to ack
+// requests: it counts the room's groupchat messages that carry a body (a
+// start tag with type='groupchat', "<body" after it) until N have arrived,
+// for the inbound benchmark (bench/inbound). It writes a JSON line
+// {"ready":true} once it has joined, then one with the count, the rate and
+// its CPU time per message from then on (benchkit.Received).
 package main
 
 import (
@@ -25,6 +32,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -40,6 +48,7 @@ import (
 	"mellium.im/xmpp"
 	"mellium.im/xmpp/jid"
 
+	"github.com/xmpptrack/xmpptrack/bench/internal/benchkit"
 	"github.com/xmpptrack/xmpptrack/internal/report"
 )
 
@@ -55,6 +64,7 @@ type options struct {
 	account, room                jid.JID
 	n, window                    int
 	timeout                      time.Duration
+	receive                      bool
 }
 
 func parse(args []string) (options, error) {
@@ -70,6 +80,7 @@ func parse(args []string) (options, error) {
 	fs.IntVar(&o.n, "n", 1, "number of messages")
 	fs.IntVar(&o.window, "window", 10, "messages awaiting their reflection at once (0: all)")
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "how long the last message may wait for its reflection")
+	fs.BoolVar(&o.receive, "receive", false, "send nothing: count N messages of others in the room")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -113,6 +124,9 @@ func run(args []string, stdout io.Writer) error {
 	}
 	out := bufio.NewWriter(stdout)
 	defer out.Flush()
+	if o.receive {
+		return c.receive(out)
+	}
 	return c.send(out)
 }
 
@@ -335,6 +349,67 @@ func (c *client) send(out io.Writer) error {
 	}
 	c.write([]byte("</stream:stream>"))
 	return nil
+}
+
+// receive counts the room's groupchat messages with a body until n have
+// arrived, and writes the counts to out.
+func (c *client) receive(out *bufio.Writer) error {
+	if err := writeReceived(out, benchkit.Received{Ready: true}); err != nil {
+		return err
+	}
+	cpu0 := report.CPUTime()
+	alloc0, objs0 := benchkit.Allocs()
+	var first, last time.Time
+	got := 0
+	for got < c.o.n {
+		c.conn.SetReadDeadline(time.Now().Add(c.o.timeout))
+		err := c.next(func(el []byte, name string) error {
+			if name != "message" {
+				return nil
+			}
+			st := startTag(el)
+			if bytes.Contains(st, []byte("type='groupchat'")) && bytes.Contains(el[len(st):], []byte("<body")) {
+				got++
+				last = time.Now()
+				if got == 1 {
+					first = last
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("after %d messages: %w", got, err)
+		}
+	}
+	cpu := report.CPUTime() - cpu0
+	span := last.Sub(first)
+	allocBytes, allocs := benchkit.PerMsg(alloc0, objs0, got)
+	r := benchkit.Received{
+		AllocBytesPerMsg: allocBytes,
+		AllocsPerMsg:     allocs,
+		Messages:         got,
+		Stanzas:          int(c.h),
+		SpanS:            benchkit.Round(span.Seconds(), 3),
+		CPUMicrosPerMsg:  benchkit.Round(float64(cpu.Nanoseconds())/1e3/float64(got), 2),
+	}
+	if span > 0 {
+		r.MsgsPerS = benchkit.Round(float64(got-1)/span.Seconds(), 1)
+	}
+	if err := writeReceived(out, r); err != nil {
+		return err
+	}
+	c.write([]byte("</stream:stream>"))
+	return nil
+}
+
+// writeReceived writes r as a JSON line and flushes it.
+func writeReceived(out *bufio.Writer, r benchkit.Received) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	out.Write(append(b, '\n'))
+	return out.Flush()
 }
 
 // index returns the index of our message whose id the start tag carries,
