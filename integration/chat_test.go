@@ -423,6 +423,13 @@ func TestChatUnderCuts(t *testing.T) {
 		srv := testServer(t, k, servers.Options{Users: map[string]string{"alice": "a-pw", "bob": "b-pw"}})
 		p := newProxy(t, srv)
 		alice := dialStream(t, srv, "alice", viaProxyOneAtATime(t, p))
+		t.Cleanup(func() {
+			if t.Failed() {
+				st := alice.Stats()
+				t.Logf("alice's stream: %d connections, %d resumptions (%d refused), %d new sessions, %d dead links; last error %v",
+					st.Connections, st.Resumptions, st.ResumeRefused, st.NewSessions, st.DeadLinks, st.LastErr)
+			}
+		})
 		bob := dialStream(t, srv, "bob", nil)
 		resp := xchat.NewResponder(bob)
 		t.Cleanup(func() { resp.Close() })

@@ -132,6 +132,7 @@ func TestDeadLinkWhileSending(t *testing.T) {
 	var events eventLog
 	alice := dialStream(t, srv, "alice", func(c *stream.Config) {
 		viaProxy(p)(c)
+		c.MinAckTimeout = 3 * time.Second // the default floor, which these tests measure
 		c.AckTimeout = deadLinkAckTimeout
 	})
 	events.watch(alice)
@@ -237,6 +238,7 @@ func TestDeadLinkIdle(t *testing.T) {
 	var events eventLog
 	alice := dialStream(t, srv, "alice", func(c *stream.Config) {
 		viaProxy(p)(c)
+		c.MinAckTimeout = 3 * time.Second // the default floor, which these tests measure
 		c.AckTimeout = deadLinkAckTimeout
 		c.KeepAlive = keepAlive
 	})
@@ -295,7 +297,8 @@ func TestDeadLinkSlowLinkStaysUp(t *testing.T) {
 	// The negotiation takes several round trips of 5 s.
 	alice := dialStreamWithin(t, 2*time.Minute, srv, "alice", func(c *stream.Config) {
 		viaProxy(p)(c)
-		c.AckTimeout = 30 * time.Second // the default
+		c.MinAckTimeout = 3 * time.Second // the default floor, which these tests measure
+		c.AckTimeout = 30 * time.Second   // the default
 	})
 	events.watch(alice)
 	alice.OnEvent(func(ev stream.Event) {
@@ -410,6 +413,7 @@ func TestDeadLinkBurst(t *testing.T) {
 	bob := dialStream(t, srv, "bob", nil)
 	alice := dialStream(t, srv, "alice", func(c *stream.Config) {
 		viaProxy(p)(c)
+		c.MinAckTimeout = 3 * time.Second // the default floor, which these tests measure
 		c.AckTimeout = deadLinkAckTimeout
 		c.MaxUnacked = 2 * n
 		c.QueueSize = 2 * n
