@@ -19,20 +19,18 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/xmpptrack/xmpptrack/bench/internal/benchkit"
 	"github.com/xmpptrack/xmpptrack/integration/prosody"
 	"github.com/xmpptrack/xmpptrack/internal/report"
 )
@@ -153,8 +151,8 @@ func run(args []string, stdout io.Writer) error {
 	}
 	bins[durable] = bins[xmpptrack]
 	for name, pkg := range map[string]string{xmpptrack: "./cmd/xmpptrack", raw: "./bench/raw"} {
-		if out, err := exec.Command(goTool(), "build", "-o", bins[name], pkg).CombinedOutput(); err != nil {
-			return fmt.Errorf("building %s: %w\n%s", pkg, err, out)
+		if err := benchkit.Build(bins[name], pkg); err != nil {
+			return err
 		}
 	}
 
@@ -167,7 +165,7 @@ func run(args []string, stdout io.Writer) error {
 	}
 	defer srv.Stop()
 
-	pid := serverPID(srv.ConfigPath())
+	pid := benchkit.PIDFile(filepath.Join(filepath.Dir(srv.ConfigPath()), "prosody.pid"))
 	common := func(client, room string, window int) []string {
 		return []string{"-addr", srv.Addr(), "-ca", srv.CAFile(), "-jid", srv.JID(client).String(),
 			"-password", password, "-room", room + "@" + srv.MUCDomain(),
@@ -186,10 +184,10 @@ func run(args []string, stdout io.Writer) error {
 		if client == durable {
 			args = append(args, "-outbox", filepath.Join(bin, room+".outbox"))
 		}
-		cpu0 := processCPU(pid)
+		cpu0 := benchkit.ProcessCPU(pid)
 		s, err := measure(bins[client], append(args, extra...), client, window, rep, *n)
 		if pid > 0 {
-			s.ServerCPUMicrosPerMsg = report.Round(float64((processCPU(pid)-cpu0).Microseconds())/float64(*n), 1)
+			s.ServerCPUMicrosPerMsg = report.Round(float64((benchkit.ProcessCPU(pid)-cpu0).Microseconds())/float64(*n), 1)
 		}
 		return s, err
 	}
@@ -214,7 +212,7 @@ func run(args []string, stdout io.Writer) error {
 		}
 	}
 
-	res := Results{Date: time.Now().UTC(), Machine: machine(), N: *n, Reps: *reps, Samples: samples}
+	res := Results{Date: time.Now().UTC(), Machine: benchkit.Machine(), N: *n, Reps: *reps, Samples: samples}
 	for _, w := range windows {
 		var pair [2]Row
 		for i, client := range []string{xmpptrack, raw} {
@@ -345,24 +343,11 @@ func median(samples []Sample, client string, window int) Row {
 	}
 }
 
-func mid(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	v = slices.Clone(v)
-	slices.Sort(v)
-	if len(v)%2 == 1 {
-		return v[len(v)/2]
-	}
-	return report.Round((v[len(v)/2-1]+v[len(v)/2])/2, 3)
-}
+// mid is the median of v, to 3 decimals.
+func mid(v []float64) float64 { return report.Round(benchkit.Median(v), 3) }
 
-func ratio(a, b float64) float64 {
-	if b == 0 {
-		return 0
-	}
-	return report.Round(a/b, 2)
-}
+// ratio is a/b, to 2 decimals, or 0 when b is 0.
+func ratio(a, b float64) float64 { return report.Round(benchkit.Ratio(a, b), 2) }
 
 func windowName(w int) string {
 	if w == 0 {
@@ -394,34 +379,4 @@ func table(r Results) string {
 			windowName(q.Window), q.Throughput, q.CPU, q.CommitsPerMsg, q.FsyncsPerMsg, q.DiskBytesPerMsg)
 	}
 	return b.String()
-}
-
-// machine describes the machine in a few words.
-func machine() string {
-	s := fmt.Sprintf("%s/%s, %d CPUs", runtime.GOOS, runtime.GOARCH, runtime.NumCPU())
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
-				s += ", " + strings.TrimSpace(v)
-				break
-			}
-		}
-	}
-	return s
-}
-
-// goTool returns the go command to build with.
-func goTool() string {
-	if g := os.Getenv("GO"); g != "" {
-		return g
-	}
-	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
-		return p
-	}
-	return "go"
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return !errors.Is(err, os.ErrNotExist)
 }
