@@ -123,6 +123,8 @@ type Client struct {
 	removeHandler, removeEvents func()
 
 	rec tracking.Recorder // counts the trackers handed out, for Stats
+	// timers runs the timeouts of the client's trackers on one timer.
+	timers tracking.Timers
 
 	recMu      sync.Mutex // guards reconciler and policy
 	reconciler *reconcile.Reconciler

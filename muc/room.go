@@ -836,7 +836,7 @@ func (r *Room) Follow(tok *stream.StanzaToken, originID string, b []byte, sentAt
 // if given (a message already written), else a new token from the stream,
 // which track asks to send b.
 func (r *Room) track(ctx context.Context, id, originID string, b []byte, cfg sendConfig, tok *stream.StanzaToken) (*tracking.MessageTracker, error) {
-	t := tracking.NewMessageTracker(tracking.WithID(id))
+	t := tracking.NewMessageTracker(tracking.WithID(id), tracking.WithTimers(&r.c.timers))
 	p := &pending{r: r, t: t, id: id, originID: originID, b: b, sentAt: cfg.sentAt}
 	if p.sentAt.IsZero() {
 		p.sentAt = time.Now()

@@ -89,6 +89,8 @@
 // clients); a deadline in the past times out at once.
 // Reaching DELIVERED_TO_RECIPIENT or a final state stops and releases the
 // timer. Timers are time.AfterFunc timers: a tracker never owns a goroutine.
+// A client that tracks many messages at once gives its trackers one Timers
+// (WithTimers), which runs all their timeouts on a single timer.
 //
 // # Metrics
 //

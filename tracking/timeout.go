@@ -41,8 +41,12 @@ func (t *MessageTracker) arm(d time.Duration) {
 		a.run(&t.mu)
 		return
 	}
-	id := t.timerID
-	t.timer = time.AfterFunc(d, func() { t.expire(id) })
+	if t.timers != nil {
+		t.timers.add(t, time.Now().Add(d))
+	} else {
+		id := t.timerID
+		t.timer = time.AfterFunc(d, func() { t.expire(id) })
+	}
 	t.mu.Unlock()
 }
 
@@ -52,6 +56,9 @@ func (t *MessageTracker) stopTimer() {
 	if t.timer != nil {
 		t.timer.Stop()
 		t.timer = nil
+	}
+	if t.timers != nil {
+		t.timers.remove(t)
 	}
 	t.timerID++
 }

@@ -64,8 +64,10 @@ type MessageTracker struct {
 	// tok is the bound token while the tracker may still abort it: until
 	// the token or the tracker is final.
 	tok     Token
-	timerID uint32 // identifies the armed timer; a timer that fires with an older id is stale
-	timer   *time.Timer
+	timerID uint32      // identifies the armed timer; a timer that fires with an older id is stale
+	timer   *time.Timer // the armed timer of a tracker without timers
+	timers  *Timers     // set at creation by WithTimers
+	slot    int         // the index of the armed deadline in timers, plus one; guarded by timers.mu
 	// history holds every change, in order. Entries are never modified once
 	// appended, so observers are handed sub-slices of it without copying.
 	history []Change

@@ -508,7 +508,17 @@ func TestDone(t *testing.T) {
 	waitFor(t, tr.Done())
 }
 
+// TestTimeout runs the timeouts on a timer of the tracker's own, and on
+// Timers shared by many trackers.
 func TestTimeout(t *testing.T) {
+	t.Run("own timer", func(t *testing.T) { testTimeout(t, nil) })
+	t.Run("Timers", func(t *testing.T) { testTimeout(t, &Timers{}) })
+}
+
+func testTimeout(t *testing.T, ts *Timers) {
+	NewMessageTracker := func(opts ...Option) *MessageTracker {
+		return NewMessageTracker(append([]Option{WithTimers(ts)}, opts...)...)
+	}
 	t.Run("fires", func(t *testing.T) {
 		tr := NewMessageTracker()
 		rec := &recorder{}
