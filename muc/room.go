@@ -139,6 +139,9 @@ type pending struct {
 	onTok   func(stream.TokenChange) // the tracker's observer
 	ended   bool                     // the tracker ended: never send it
 	sending bool                     // handed to the stream, token not yet known
+	// stopSend ends the wait for room in the stream's queue; nil once the
+	// stream has the message, so that its context is not kept.
+	stopSend context.CancelFunc
 	// uncertain: written in a session that was lost, unacknowledged or
 	// unreflected; the archive decides after the rejoin (SetReconciler).
 	uncertain bool
@@ -186,7 +189,7 @@ func (p *pending) Abort() error {
 func (p *pending) follow(tok *stream.StanzaToken) {
 	r := p.r
 	r.mu.Lock()
-	p.sending = false
+	p.sending, p.stopSend = false, nil
 	if p.ended {
 		r.mu.Unlock()
 		_ = tok.Abort()
@@ -867,7 +870,7 @@ func (r *Room) track(ctx context.Context, id, originID string, b []byte, cfg sen
 	if hold {
 		r.held = append(r.held, p)
 	} else {
-		p.sending = true
+		p.sending, p.stopSend = true, cancel
 	}
 	r.mu.Unlock()
 	if cfg.timeout > 0 {
@@ -894,7 +897,12 @@ func (r *Room) track(ctx context.Context, id, originID string, b []byte, cfg sen
 			r.maybeForget()
 		}
 		if c.Ended {
-			cancel()
+			r.mu.Lock()
+			stop := p.stopSend
+			r.mu.Unlock()
+			if stop != nil {
+				stop()
+			}
 		}
 	})
 	if hold {
