@@ -21,7 +21,7 @@ const inFlight = 100_000
 
 // BenchmarkInFlight measures the memory each tracked groupchat message costs
 // while it is in flight: the stanza kept for resending, its stream token,
-// the tracker with its timer and observer, and the room's index entries. It
+// the tracker with its deadline and observer, and the room's index entries. It
 // sends inFlight messages to the sink server, which never acknowledges nor
 // reflects them, and reports the growth of the live heap per message
 // (B/msg). Run it with -benchtime 1x: each iteration is a whole measurement.
@@ -113,4 +113,72 @@ func liveHeap() int64 {
 	runtime.GC()
 	runtime.ReadMemStats(&m)
 	return int64(m.HeapAlloc)
+}
+
+// BenchmarkSendTracked measures the send path of one tracked groupchat
+// message: Room.SendTrackedMessage, the stream's token and queue, and the
+// writer, against the sink server, which swallows the stanzas. Each
+// operation sends one message; the figures are per message. allocs/op and
+// B/op include the sink's own parsing of the stanza, the same for every
+// client: profile with -memprofile and ignore the sink's stacks for the
+// client's alone.
+func BenchmarkSendTracked(b *testing.B) {
+	srv, err := sink.Listen()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	s, err := stream.Dial(ctx, stream.Config{
+		JID:            jid.MustParse("bench@sink.localhost"),
+		Password:       "any",
+		Dial:           srv.Dial,
+		AllowPlaintext: true,
+		Mechanisms:     []sasl.Mechanism{sasl.Plain},
+		MaxUnacked:     1 << 30,
+		QueueSize:      1 << 16,
+		AckTimeout:     time.Hour,
+		KeepAlive:      time.Hour,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		closeCtx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		s.Close(closeCtx)
+	}()
+	c := muc.NewClient(s, muc.WithTimeout(time.Hour))
+	defer c.Close()
+	room, err := c.Join(ctx, jid.MustParse("bench@conference.sink.localhost"), "bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	const body = "a message of about the length of a chat line"
+	// Tracking ends, as it would at the room's reflection, in batches
+	// once the stream has written them, so that the measurement does not
+	// grow with b.N.
+	const batch = 1000
+	trackers := make([]*tracking.MessageTracker, 0, batch)
+	end := func() {
+		for s.Stats().Queued > 0 {
+			time.Sleep(100 * time.Microsecond)
+		}
+		for _, tr := range trackers {
+			_ = tr.Close()
+		}
+		trackers = trackers[:0]
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		tr, err := room.SendTrackedMessage(ctx, body)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if trackers = append(trackers, tr); len(trackers) == batch {
+			end()
+		}
+	}
+	end()
 }
