@@ -38,6 +38,18 @@ type outboxState struct {
 // when the session cannot be resumed (none, or its window has passed).
 // Called by Dial before anything runs.
 func (s *Stream) restore(st outbox.State) (*previous, error) {
+	// The records that say written keep saying so in later notes, by a
+	// layer that follows their messages again: the restored stanzas, and
+	// those the server acknowledged whose outcome is still to come. Only
+	// what note keeps is kept.
+	for _, m := range st.Messages {
+		if m.Written {
+			if s.box.live == nil {
+				s.box.live = make(map[string]outbox.Message)
+			}
+			s.box.live[m.Key] = outbox.Message{Key: m.Key, Written: true, SentAt: m.SentAt}
+		}
+	}
 	ss := st.Session
 	if ss.ResumeID == "" && len(st.Unacked) == 0 {
 		return nil, nil
@@ -47,19 +59,7 @@ func (s *Stream) restore(st outbox.State) (*previous, error) {
 		return nil, fmt.Errorf("%w: the stored address %q: %w", ErrOutbox, ss.Addr, err)
 	}
 	entries := make([]*entry, len(st.Unacked))
-	// The records of restored stanzas say written: later notes (by a layer
-	// that follows them again) keep saying so.
-	records := make(map[string]outbox.Message, len(st.Messages))
-	for _, m := range st.Messages {
-		records[m.Key] = m
-	}
 	for i, u := range st.Unacked {
-		if m, ok := records[u.ID]; ok && m.Written {
-			if s.box.live == nil {
-				s.box.live = make(map[string]outbox.Message)
-			}
-			s.box.live[u.ID] = m
-		}
 		t := newToken(u.ID)
 		t.state = TokenSent
 		entries[i] = &entry{tok: t, b: u.Bytes}
