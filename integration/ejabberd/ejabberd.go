@@ -86,6 +86,10 @@ type Options struct {
 	// NoMUC leaves out the Multi-User Chat service.
 	NoMUC bool
 
+	// NoRoomArchive turns the rooms' archive (mod_mam for rooms) off: the
+	// reflections then carry no <stanza-id/>.
+	NoRoomArchive bool
+
 	// Offline loads mod_offline, which stores messages for users who are not
 	// online. Without it a chat or normal message to a bare JID with no
 	// available resource is bounced with service-unavailable.
