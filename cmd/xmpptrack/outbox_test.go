@@ -209,7 +209,9 @@ func killAfter(t *testing.T, bin string, k int, beforeKill func(), args ...strin
 // The file must have mode 0600.
 func continueJob(t *testing.T, bin string, n int, file string, received func(t *testing.T), args ...string) {
 	t.Helper()
+	t0 := time.Now()
 	r := runCmd(t, bin, args...)
+	took := time.Since(t0)
 	if r.code != 0 {
 		var bad []string
 		for _, l := range strings.Split(r.stdout, "\n") {
@@ -225,7 +227,7 @@ func continueJob(t *testing.T, bin string, n int, file string, received func(t *
 			t.Errorf("index %d: %s", i, s)
 		}
 	}
-	t.Logf("second run: %d outcomes earlier, the rest followed, decided or sent now", earlier)
+	t.Logf("second run (%v): %d outcomes earlier, the rest followed, decided or sent now", took.Round(time.Millisecond), earlier)
 	if earlier == 0 {
 		// The outcomes a run prints are recorded with its next commit
 		// (or within 200 ms): the last few before the kill may be
