@@ -2,8 +2,10 @@ package main_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +15,8 @@ import (
 	"github.com/xmpptrack/xmpptrack/integration/faultproxy"
 	"github.com/xmpptrack/xmpptrack/integration/prosody"
 	"github.com/xmpptrack/xmpptrack/integration/servers"
+	"github.com/xmpptrack/xmpptrack/outbox"
+	"github.com/xmpptrack/xmpptrack/outbox/boltstore"
 	"github.com/xmpptrack/xmpptrack/stream"
 )
 
@@ -23,7 +27,8 @@ func startContact(t *testing.T, srv servers.Server, addr, user, password, from s
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	s, err := stream.Dial(ctx, stream.Config{JID: srv.JID(user), Password: password, Addr: addr, TLS: srv.TLSConfig()})
+	// A link the test freezes for a few seconds is not dead.
+	s, err := stream.Dial(ctx, stream.Config{JID: srv.JID(user), Password: password, Addr: addr, TLS: srv.TLSConfig(), AckTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,13 +71,20 @@ func startContact(t *testing.T, srv servers.Server, addr, user, password, from s
 // flight and none has its receipt: the second run must expect those
 // receipts (the stream restores nothing), and must not send them again.
 //
-// Prosody with mod_mam: our own archive decides what the records leave
-// uncertain.
+// With records uncertain, the link is frozen too, the outbox then says
+// that nothing acknowledged them (as when a process dies between the
+// acknowledgement and its record, or after a lost session), and it holds
+// a record of one more message, written (the process died while it was
+// in the batch) but never received by the server: our archive (Prosody's
+// mod_mam) must decide, anchored on the latest message the records show
+// the server took. It holds the acknowledged ones, which then wait for
+// their receipts (bob's link thaws a little later), and shows the last one
+// absent, which is sent again, once.
 func TestOutboxChatSenderDies(t *testing.T) {
 	for _, tc := range []struct {
-		name   string
-		freeze bool
-	}{{"receipts flowing", false}, {"receipts held", true}} {
+		name              string
+		freeze, uncertain bool
+	}{{"receipts flowing", false, false}, {"receipts held", true, false}, {"records uncertain", true, true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			const n = 300
 			users := map[string]string{"alice": "alice-pw", "bob": "bob-pw"}
@@ -98,8 +110,53 @@ func TestOutboxChatSenderDies(t *testing.T) {
 				}
 			}
 			killAfter(t, bin, n/3, freeze, args...)
-			p.Unstall()
+			if tc.uncertain {
+				unsettle(t, file, srv.JID("bob").String(), strings.ReplaceAll(body, "%d", strconv.Itoa(n-1)), n-1)
+				thaw := time.AfterFunc(time.Second, p.Unstall)
+				t.Cleanup(func() { thaw.Stop() })
+			} else {
+				p.Unstall()
+			}
 			continueJob(t, bin, n, file, func(t *testing.T) { bob.check(t, body, n) }, args...)
 		})
+	}
+}
+
+// unsettle rewrites the outbox file of a killed chat job: the messages it
+// records as acknowledged by the server (DELIVERED_TO_SERVER) become
+// IN_TRANSIT, and index, which was never sent, gets a record that says it
+// was written, with the stanza the job would have sent to to.
+func unsettle(t *testing.T, file, to, body string, index int) {
+	t.Helper()
+	box, err := boltstore.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer box.Close()
+	st, err := box.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := st.Meta["job"] + "-" + strconv.Itoa(index)
+	var changed []outbox.Message
+	for _, m := range st.Messages {
+		if m.Key == key {
+			t.Fatalf("index %d was sent before the kill", index)
+		}
+		if m.State == "DELIVERED_TO_SERVER" {
+			m.State = "IN_TRANSIT"
+			changed = append(changed, m)
+		}
+	}
+	if len(changed) == 0 {
+		t.Fatal("no message acknowledged and waiting for its receipt at the kill")
+	}
+	t.Logf("%d records made uncertain, and one of a message the server never had", len(changed))
+	stanza := fmt.Sprintf("<message type='chat' to='%s' id='%s'><body>%s</body><origin-id xmlns='urn:xmpp:sid:0' id='%s'/>"+
+		"<request xmlns='urn:xmpp:receipts'/><markable xmlns='urn:xmpp:chat-markers:0'/></message>", to, key, body, key)
+	changed = append(changed, outbox.Message{Key: key, OriginID: key, To: to, Kind: outbox.Chat, Stanza: []byte(stanza),
+		State: "IN_TRANSIT", Written: true, SentAt: time.Now()})
+	if err := box.Commit(outbox.Changes{Messages: changed}); err != nil {
+		t.Fatal(err)
 	}
 }
