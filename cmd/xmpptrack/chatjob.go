@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"strconv"
 	"time"
@@ -74,7 +75,8 @@ func chatJobRun(ctx context.Context, j *job, s *stream.Stream, o chatOptions, st
 	for i, m := range j.unfollowed(o.cfg.N, known, followed) {
 		tr, err := c.Expect(o.to, m.Key, m.Stanza, m.SentAt, opts...)
 		if err != nil {
-			continue
+			// Not followed, the run would send it again.
+			return fmt.Errorf("-outbox %s: %w", j.file, err)
 		}
 		followed[i] = tr
 		if st, _ := settled(m, o.cfg.Goal); st >= tracking.DeliveredToServer {
