@@ -1141,6 +1141,10 @@ func TestScriptedServerEndsStream(t *testing.T) {
 			waitState(t, stream.TokenAcked, toks[0])
 			ended := time.Now()
 			c.Write(t, tc.end)
+			// Close only once the client has read the end and ended its
+			// own stream: a close with its reply unread would be a reset,
+			// which could reach the client before the end it answers.
+			c.End(t)
 			c.Close()
 
 			c2 := h.srv.NextWithin(t, tc.pause+fakeserver.Timeout)
