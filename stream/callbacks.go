@@ -18,13 +18,22 @@ type callbacks struct {
 	done    chan struct{} // closed once drained after finish; nil before
 }
 
-// job is one unit of user code to run: exactly one field is set.
+// job is one unit of user code to run: at most one of tok, el, ev and fn
+// is set.
 type job struct {
 	tok *StanzaToken  // deliver the token's queued changes to its observers
 	el  *Element      // run the handlers on an inbound stanza
 	ev  *Event        // tell the event listeners
 	fn  func()        // run a hook (see Stream.AddHook)
 	ran chan struct{} // if not nil, closed once the job has run
+
+	// With an outbox, the job of an inbound stanza (or a mark for one that
+	// went to a SendIQ waiter) carries the inbound count up to it: once it
+	// has run, that many stanzas of session inSession are handled (see
+	// Stream.handled).
+	in        uint32
+	inSession uint64
+	counts    bool
 }
 
 // push queues j and starts the goroutine if none runs. run executes a job.

@@ -32,6 +32,7 @@ type conn struct {
 	// Guarded by Stream.mu:
 	pace      *sm.Pacer     // when to request, answer, probe; when the link is dead
 	answered  uint32        // the h of our last <a/>
+	skip      uint32        // stanzas the server sends again after <resumed/> that were read before
 	resumed   bool          // the connection resumed a session
 	resend    bool          // the writer must first write the unacked stanzas again
 	closing   bool          // Close: write </stream:stream> after the queue
@@ -189,6 +190,7 @@ func (s *Stream) writeLoop(c *conn) {
 		final := c.final
 		closing := c.closing && s.queue.len() == 0 && final == nil
 		act := c.pace.Next(now, s.out.Len(), final != nil || closing)
+		mustCommit := false
 		if smOn {
 			if act.Dead {
 				s.mu.Unlock()
@@ -197,9 +199,13 @@ func (s *Stream) writeLoop(c *conn) {
 			}
 			// Answer a request; and before our stream ends, tell the
 			// server what we handled even unasked (XEP-0198 §4).
-			if act.Answer || ((final != nil || closing) && s.in != c.answered) {
-				buf = sm.AppendAnswer(buf, s.in)
-				c.answered = s.in
+			// With an outbox, the answer counts what is handled, and the
+			// commit below (before the write) records that count first.
+			h, commitFirst := s.ackableLocked()
+			if act.Answer || ((final != nil || closing) && h != c.answered) {
+				buf = sm.AppendAnswer(buf, h)
+				c.answered = h
+				mustCommit = commitFirst
 			}
 			if act.Request && final == nil && !closing {
 				buf = append(buf, sm.Request...)
@@ -210,7 +216,7 @@ func (s *Stream) writeLoop(c *conn) {
 			buf = append(buf, ' ')
 		}
 		s.checkIdleLocked()
-		changes, commit := s.boxChangesLocked(batch)
+		changes, commit := s.boxChangesLocked(batch, mustCommit)
 		s.mu.Unlock()
 
 		// Write ahead: the outbox holds the batch before its bytes can
@@ -222,6 +228,7 @@ func (s *Stream) writeLoop(c *conn) {
 			}
 			s.mu.Lock()
 			s.stats.OutboxCommits++
+			s.box.in = changes.Session.In
 			s.mu.Unlock()
 		}
 		if final != nil {
@@ -327,13 +334,24 @@ func (s *Stream) read(c *conn, r *framer) error {
 			return se
 		}
 		s.mu.Lock()
+		c.pace.Read(time.Now())
+		if c.skip > 0 {
+			// Sent again after <resumed/>: read, counted and dispatched
+			// on an earlier connection of the session.
+			c.skip--
+			s.mu.Unlock()
+			continue
+		}
+		j := job{el: el}
 		if s.smOn {
 			s.in++
+			if s.box.store != nil {
+				j.in, j.inSession, j.counts = s.in, s.session, true
+			}
 		}
-		c.pace.Read(time.Now())
 		s.stats.Received++
 		s.mu.Unlock()
-		s.dispatch(el)
+		s.dispatch(j)
 	}
 }
 
@@ -467,7 +485,10 @@ var ErrAnswerLater = errors.New("stream: the handler answers this IQ later")
 
 // dispatch hands an inbound IQ reply to the SendIQ waiting for it, on the
 // reader; any other stanza goes to the handlers, on the callback goroutine.
-func (s *Stream) dispatch(el *Element) {
+// j is the stanza's job; a reply handed to its waiter leaves a mark in its
+// place, so that it counts as handled once everything before it is.
+func (s *Stream) dispatch(j job) {
+	el := j.el
 	if el.name.Local == "iq" {
 		if typ := el.Attr("type"); typ == "result" || typ == "error" {
 			id := el.Attr("id")
@@ -477,11 +498,15 @@ func (s *Stream) dispatch(el *Element) {
 			s.mu.Unlock()
 			if ok {
 				w.ch <- iqResult{el: el}
+				if j.counts {
+					j.el = nil
+					s.cb.push(j, s.runJob)
+				}
 				return
 			}
 		}
 	}
-	s.cb.push(job{el: el}, s.runJob)
+	s.cb.push(j, s.runJob)
 }
 
 // runJob runs one job of the callback goroutine.
@@ -495,6 +520,9 @@ func (s *Stream) runJob(j *job) {
 		s.tell(*j.ev)
 	case j.fn != nil:
 		j.fn()
+	}
+	if j.counts {
+		s.markHandled(j.in, j.inSession)
 	}
 }
 

@@ -44,7 +44,7 @@ type Stream struct {
 	mu         sync.Mutex
 	queue      fifo // accepted, not yet written
 	out        sm.Outbound[*entry]
-	in         uint32        // inbound stanzas handled, mod 2^32
+	in         uint32        // inbound stanzas read, mod 2^32 (see outboxState.handled)
 	smOn       bool          // stream management is enabled on the session
 	smID       string        // resumption id, "" when not resumable
 	smMax      time.Duration // the server's max resumption time
@@ -632,7 +632,13 @@ func (s *Stream) reconnect(lost time.Time, resume bool, notResumed, cause error)
 			window = s.smMax
 		}
 		if resume && s.smOn && s.smID != "" && time.Since(lost) < window {
-			prev = &previous{id: s.smID, h: s.in, addr: s.addr}
+			// <resume h/> acknowledges too: with an outbox, no more than
+			// it holds as handled.
+			h := s.in
+			if s.box.store != nil {
+				h = s.box.in
+			}
+			prev = &previous{id: s.smID, h: h, addr: s.addr}
 		}
 		location := s.smLoc
 		s.mu.Unlock()
@@ -684,6 +690,11 @@ func (s *Stream) reconnect(lost time.Time, resume bool, notResumed, cause error)
 			notResumed = ErrConnectionLost
 		}
 		ev, settle := s.startSession(n, notResumed)
+		if n.resumed {
+			// The server sends again what follows prev.h: the stanzas
+			// read up to s.in are already dispatched.
+			c.skip = s.in - prev.h
+		}
 		s.stats.Connections++
 		at.Outcome = ev.Kind.String()
 		if n.refused != nil {
@@ -819,7 +830,7 @@ func (s *Stream) startSession(n *negotiated, notResumed error) (Event, func()) {
 		} else {
 			ev.Kind = EventConnected
 		}
-		s.in = 0
+		s.in, s.box.handled, s.box.in = 0, 0, 0
 		s.box.reset = s.box.store != nil
 		s.smOn, s.smID, s.smMax, s.smLoc = false, "", 0, ""
 		if n.enabled != nil {

@@ -250,8 +250,11 @@ func mucJob(o mucOptions, stdout, stderr io.Writer) error {
 	}
 
 	// A restored message the resumed session acknowledged at once: the
-	// server had it, and the earlier process may have read (and counted in
-	// its h) the room's reflection without recording it. The archive tells.
+	// server had it. The stored inbound count stops before any reflection
+	// the earlier process read without recording, so the server sends that
+	// again and the room follows it; the archive is a safety net for what
+	// that misses (a note made off the callback goroutine after its commit,
+	// an outbox written by an older version that counted every stanza read).
 	if err := j.confirmAcked(ctx, rc, room, followed, followedToks); err != nil {
 		return err
 	}
