@@ -1282,7 +1282,7 @@ func TestScriptedSendIQ(t *testing.T) {
 			t.Fatalf("SendIQ(%s): %v", tc.id, r.err)
 		}
 		if r.el.Attr("id") != tc.id {
-			t.Fatalf("SendIQ(%s) returned %+v", tc.id, r.el.Start)
+			t.Fatalf("SendIQ(%s) returned %+v", tc.id, r.el)
 		}
 		se, isErr := r.el.Error()
 		if isErr != (tc.errCond != "") || (isErr && se.Condition != tc.errCond) {
