@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"mellium.im/xmpp"
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 	xstream "mellium.im/xmpp/stream"
@@ -21,9 +20,9 @@ import (
 // conn is one connection of the stream. Its reader and writer goroutines own
 // the reading and writing halves of nc; everything else is guarded as marked.
 type conn struct {
-	nc   net.Conn // the secured connection (what mellium negotiated on)
-	raw  net.Conn // the TCP connection below it
-	sess *xmpp.Session
+	nc   net.Conn      // the secured connection (what mellium negotiated on)
+	raw  net.Conn      // the TCP connection below it
+	in   *framer       // the reader's: elements from nc, after negotiation
 	kick chan struct{} // wakes the writer; capacity 1
 	dead chan struct{} // closed by fail or shut
 	once sync.Once
@@ -306,33 +305,33 @@ func (s *Stream) checkIdleLocked() {
 // handles stream management nonzas, and hands stanzas to dispatch.
 func (s *Stream) readLoop(c *conn) {
 	defer c.wg.Done()
-	r := c.sess.TokenReader()
-	defer r.Close()
-	if err := s.read(c, r); err != nil {
+	if err := s.read(c, c.in); err != nil {
 		s.readFailed(c, err)
 	}
 }
 
 // read reads elements from r until an error, which it returns.
-func (s *Stream) read(c *conn, r xml.TokenReader) error {
+func (s *Stream) read(c *conn, r *framer) error {
 	for {
-		tok, err := r.Token()
+		el, err := r.next()
 		if err != nil {
 			return err
 		}
-		start, ok := tok.(xml.StartElement)
-		if !ok {
-			continue
-		}
-		if start.Name.Space == sm.NS {
-			if err := s.handleSM(c, start, r); err != nil {
+		switch el.name.Space {
+		case sm.NS:
+			if err := s.handleSM(c, el); err != nil {
 				return err
 			}
 			continue
-		}
-		el, err := readElement(r, start)
-		if err != nil {
-			return err
+		case nsStreams:
+			if el.name.Local != "error" {
+				return syntaxError("unexpected <stream:%s>", el.name.Local)
+			}
+			var se xstream.Error
+			if err := el.Decode(&se); err != nil {
+				return err
+			}
+			return se
 		}
 		s.mu.Lock()
 		c.pace.Read(time.Now())
@@ -382,11 +381,8 @@ func (s *Stream) readFailed(c *conn, err error) {
 }
 
 // handleSM handles one stream management element read on c.
-func (s *Stream) handleSM(c *conn, start xml.StartElement, r xml.TokenReader) error {
-	if err := skipElement(r); err != nil {
-		return err
-	}
-	switch start.Name.Local {
+func (s *Stream) handleSM(c *conn, el *Element) error {
+	switch el.name.Local {
 	case "r":
 		s.mu.Lock()
 		if s.smOn {
@@ -395,6 +391,10 @@ func (s *Stream) handleSM(c *conn, start xml.StartElement, r xml.TokenReader) er
 		s.mu.Unlock()
 		c.wake()
 	case "a":
+		start, err := el.Start()
+		if err != nil {
+			return err
+		}
 		h, err := sm.ParseH(start)
 		if err != nil {
 			return s.protocolError(c, fmt.Errorf("%w: %w", ErrProtocol, err),
@@ -402,7 +402,7 @@ func (s *Stream) handleSM(c *conn, start xml.StartElement, r xml.TokenReader) er
 		}
 		return s.ack(c, h)
 	default:
-		s.log.Debug("ignoring stream management element", "name", start.Name.Local)
+		s.log.Debug("ignoring stream management element", "name", el.name.Local)
 		s.mu.Lock()
 		c.pace.Read(time.Now())
 		s.mu.Unlock()
@@ -489,7 +489,7 @@ var ErrAnswerLater = errors.New("stream: the handler answers this IQ later")
 // place, so that it counts as handled once everything before it is.
 func (s *Stream) dispatch(j job) {
 	el := j.el
-	if el.Start.Name.Local == "iq" {
+	if el.name.Local == "iq" {
 		if typ := el.Attr("type"); typ == "result" || typ == "error" {
 			id := el.Attr("id")
 			s.mu.Lock()
@@ -541,8 +541,10 @@ func (s *Stream) handle(el *Element) {
 			eh.f(el)
 			continue
 		}
-		start := el.Start.Copy()
-		err := h.h.HandleXMPP(readEncoder{el.InnerReader(), w}, &start)
+		start, err := el.Start()
+		if err == nil {
+			err = h.h.HandleXMPP(readEncoder{el.InnerReader(), w}, &start)
+		}
 		switch {
 		case errors.Is(err, ErrAnswerLater):
 			claimed = true
@@ -550,7 +552,7 @@ func (s *Stream) handle(el *Element) {
 			s.log.Warn("handler failed", "err", err)
 		}
 	}
-	if el.Start.Name.Local != "iq" || (typ != "get" && typ != "set") || w.replied || claimed {
+	if el.name.Local != "iq" || (typ != "get" && typ != "set") || w.replied || claimed {
 		return
 	}
 	reply := stanza.IQ{ID: id, Type: stanza.ResultIQ}
@@ -574,12 +576,8 @@ func (s *Stream) handle(el *Element) {
 }
 
 func isPing(el *Element) bool {
-	for _, t := range el.Inner {
-		if st, ok := t.(xml.StartElement); ok {
-			return st.Name.Space == "urn:xmpp:ping" && st.Name.Local == "ping"
-		}
-	}
-	return false
+	_, ok := el.Child("urn:xmpp:ping", "ping")
+	return ok
 }
 
 // finish ends the stream for good: every token that is not final yet ends

@@ -1141,6 +1141,10 @@ func TestScriptedServerEndsStream(t *testing.T) {
 			waitState(t, stream.TokenAcked, toks[0])
 			ended := time.Now()
 			c.Write(t, tc.end)
+			// Close only once the client has read the end and ended its
+			// own stream: a close with its reply unread would be a reset,
+			// which could reach the client before the end it answers.
+			c.End(t)
 			c.Close()
 
 			c2 := h.srv.NextWithin(t, tc.pause+fakeserver.Timeout)
@@ -1278,7 +1282,7 @@ func TestScriptedSendIQ(t *testing.T) {
 			t.Fatalf("SendIQ(%s): %v", tc.id, r.err)
 		}
 		if r.el.Attr("id") != tc.id {
-			t.Fatalf("SendIQ(%s) returned %+v", tc.id, r.el.Start)
+			t.Fatalf("SendIQ(%s) returned %+v", tc.id, r.el)
 		}
 		se, isErr := r.el.Error()
 		if isErr != (tc.errCond != "") || (isErr && se.Condition != tc.errCond) {

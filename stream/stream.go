@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/xml"
@@ -229,8 +230,18 @@ func (s *Stream) HandleElement(f func(*Element)) (remove func()) {
 // f directly instead of going through HandleXMPP.
 type elementHandler struct{ f func(*Element) }
 
+// HandleXMPP serves f outside the stream (a mux, a test): the element is
+// written out and read back.
 func (h *elementHandler) HandleXMPP(r xmlstream.TokenReadEncoder, start *xml.StartElement) error {
-	el, err := readElement(r, *start)
+	var buf bytes.Buffer
+	e := xml.NewEncoder(&buf)
+	if _, err := xmlstream.Copy(e, xmlstream.MultiReader(xmlstream.Token(*start), r)); err != nil {
+		return err
+	}
+	if err := e.Flush(); err != nil {
+		return err
+	}
+	el, err := ParseElement(buf.Bytes())
 	if err != nil {
 		return err
 	}
@@ -755,7 +766,7 @@ func (s *Stream) connect(ctx context.Context, prev *previous, dial func(context.
 	c := &conn{
 		nc:      n.sess.Conn(),
 		raw:     raw,
-		sess:    n.sess,
+		in:      newFramer(n.in, n.sess.In().XMLNS),
 		kick:    make(chan struct{}, 1),
 		dead:    make(chan struct{}),
 		pace:    sm.NewPacer(s.cfg.pacer(), time.Now(), n.rtt),

@@ -58,7 +58,7 @@ func watchEvents(t *testing.T, srv servers.Server, user, password string, room j
 	}
 	w := &watcher{bodies: make(map[string]int)}
 	s.HandleElement(func(el *stream.Element) {
-		if el.Start.Name.Local != "message" || el.Attr("type") != "groupchat" {
+		if el.Name().Local != "message" || el.Attr("type") != "groupchat" {
 			return
 		}
 		from, err := jid.Parse(el.Attr("from"))
