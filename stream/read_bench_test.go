@@ -71,3 +71,19 @@ func BenchmarkReadRoom(b *testing.B) {
 		b.Fatalf("handled %d of %d", got.Load(), b.N)
 	}
 }
+
+// BenchmarkFrameRoom is the framer alone on the room's traffic: one op is
+// one stanza found, checked and made an Element.
+func BenchmarkFrameRoom(b *testing.B) {
+	f := newFramer(&roomFeed{n: b.N}, "jabber:client")
+	b.ReportAllocs()
+	b.ResetTimer()
+	for {
+		if _, err := f.next(); err != nil {
+			if err != io.EOF {
+				b.Fatal(err)
+			}
+			return
+		}
+	}
+}
