@@ -301,10 +301,10 @@ func checkFramed(t *testing.T, body []byte, got framed, want decoded) {
 	strict := -1 // with the framer rejecting on purpose: the elements before
 	if got.end == endBad {
 		switch {
-		case want.stricter != "":
-			strict = want.strictAt
 		case framerStricter(got.err):
 			strict = len(got.elems)
+		case want.stricter != "":
+			strict = want.strictAt
 		}
 	}
 	switch {
