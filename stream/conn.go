@@ -435,7 +435,7 @@ func (s *Stream) ack(c *conn, h uint32) error {
 			for _, h := range hooks {
 				(*h).AckRTT(rtt)
 			}
-		}}, s.runJob)
+		}}, s)
 	}
 	for i, e := range acked {
 		s.move(e.tok, TokenSent, TokenAcked, nil)
@@ -500,13 +500,13 @@ func (s *Stream) dispatch(j job) {
 				w.ch <- iqResult{el: el}
 				if j.counts {
 					j.el = nil
-					s.cb.push(j, s.runJob)
+					s.cb.push(j, s)
 				}
 				return
 			}
 		}
 	}
-	s.cb.push(j, s.runJob)
+	s.cb.push(j, s)
 }
 
 // runJob runs one job of the callback goroutine.
@@ -534,12 +534,15 @@ func (s *Stream) handle(el *Element) {
 	s.mu.Lock()
 	handlers := s.handlers
 	s.mu.Unlock()
-	w := &replyWriter{s: s, id: id}
+	var w *replyWriter // for the handlers of tokens, made for the first
 	claimed := false
 	for _, h := range handlers {
 		if eh, ok := h.h.(*elementHandler); ok {
 			eh.f(el)
 			continue
+		}
+		if w == nil {
+			w = &replyWriter{s: s, id: id}
 		}
 		start, err := el.Start()
 		if err == nil {
@@ -552,7 +555,7 @@ func (s *Stream) handle(el *Element) {
 			s.log.Warn("handler failed", "err", err)
 		}
 	}
-	if el.name.Local != "iq" || (typ != "get" && typ != "set") || w.replied || claimed {
+	if el.name.Local != "iq" || (typ != "get" && typ != "set") || w != nil && w.replied || claimed {
 		return
 	}
 	reply := stanza.IQ{ID: id, Type: stanza.ResultIQ}
@@ -619,7 +622,7 @@ func (s *Stream) finish(err error) {
 func (s *Stream) move(t *StanzaToken, from, to TokenState, err error) bool {
 	moved, deliver := t.change(from, to, err)
 	if deliver {
-		s.cb.push(job{tok: t}, s.runJob)
+		s.cb.push(job{tok: t}, s)
 	}
 	return moved
 }
@@ -630,7 +633,7 @@ func (s *Stream) emit(ev Event) {
 		ev.At = time.Now()
 	}
 	s.log.Debug("stream event", "kind", ev.Kind.String(), "err", ev.Err, "acked", ev.Acked, "resent", ev.Resent, "lost", ev.Lost)
-	s.cb.push(job{ev: &ev}, s.runJob)
+	s.cb.push(job{ev: &ev}, s)
 }
 
 // newSessionWait bounds how long a new session waits for the listeners of
@@ -644,7 +647,7 @@ const newSessionWait = time.Second
 // callback that waits for the stream from holding it up.
 func (s *Stream) emitNewSession(ev Event) {
 	ran := make(chan struct{})
-	s.cb.push(job{ev: &ev, ran: ran}, s.runJob)
+	s.cb.push(job{ev: &ev, ran: ran}, s)
 	t := time.NewTimer(newSessionWait)
 	defer t.Stop()
 	select {

@@ -30,7 +30,7 @@ type Element struct {
 // newElement returns the element raw, well-formed and complete, read where
 // ns is the default namespace.
 func newElement(raw, ns string) *Element {
-	t, _, _ := parseTag(raw, 0)
+	t, _, _ := parseTag(raw, 0, false)
 	e := &Element{raw: raw, ns: ns, tag: raw[:t.end]}
 	e.name = resolve(raw[t.nameStart:t.nameEnd], e.tag, "", ns)
 	return e
@@ -209,7 +209,7 @@ func (e *Element) Children(yield func(Tag) bool) {
 			depth--
 			i += strings.IndexByte(s[i:], '>') + 1
 		default:
-			t, _, _ := parseTag(s, i)
+			t, _, _ := parseTag(s, i, false)
 			if depth == 0 {
 				tag := s[i:t.end]
 				c := Tag{tag: tag, el: e, name: resolve(s[t.nameStart:t.nameEnd], tag, e.tag, e.ns)}

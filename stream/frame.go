@@ -2,9 +2,11 @@ package stream
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/xml"
 	"fmt"
 	"io"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -105,7 +107,7 @@ func (f *framer) step() (el *Element, more bool, err error) {
 			// may be cut).
 			return nil, true, nil
 		}
-		if err := checkChars(s[i:i+j], true); err != nil {
+		if err := checkText(s[i : i+j]); err != nil {
 			return nil, false, err
 		}
 		if f.depth == 0 {
@@ -127,7 +129,7 @@ func (f *framer) step() (el *Element, more bool, err error) {
 		if j < 0 {
 			return nil, true, nil
 		}
-		if err := checkChars(s[i+2:i+2+j], false); err != nil {
+		if err := checkPI(s[i+2 : i+2+j]); err != nil {
 			return nil, false, err
 		}
 		if f.depth == 0 {
@@ -138,29 +140,43 @@ func (f *framer) step() (el *Element, more bool, err error) {
 		}
 		return nil, false, nil
 	case '!':
-		var endMark string
+		var open, endMark string
 		switch {
 		case bytes.HasPrefix(s[i:], []byte("<!--")):
-			endMark = "-->"
+			// A comment ends at the first "--", which must be
+			// followed by '>'.
+			open, endMark = "<!--", "--"
 		case bytes.HasPrefix(s[i:], []byte("<![CDATA[")):
-			endMark = "]]>"
-		case len(s)-i < len("<![CDATA["):
+			open, endMark = "<![CDATA[", "]]>"
+		case len(s)-i < len("<![CDATA[") && (bytes.HasPrefix([]byte("<!--"), s[i:min(len(s), i+4)]) ||
+			bytes.HasPrefix([]byte("<![CDATA["), s[i:])):
 			return nil, true, nil
 		default:
 			return nil, false, syntaxError("unexpected <! in the stream")
 		}
-		j := bytes.Index(s[i+2:], []byte(endMark))
+		body := i + len(open)
+		j := bytes.Index(s[body:], []byte(endMark))
 		if j < 0 {
 			return nil, true, nil
 		}
-		if err := checkChars(s[i+2:i+2+j], false); err != nil {
+		end := body + j + len(endMark)
+		if endMark == "--" {
+			if end >= len(s) {
+				return nil, true, nil
+			}
+			if s[end] != '>' {
+				return nil, false, syntaxError(`invalid sequence "--" not allowed in comments`)
+			}
+			end++
+		}
+		if err := checkChars(s[body:body+j], false); err != nil {
 			return nil, false, err
 		}
 		if f.depth == 0 {
-			f.off += i + 2 + j + len(endMark)
+			f.off += end
 			f.scan = 0
 		} else {
-			f.scan = i + 2 + j + len(endMark)
+			f.scan = end
 		}
 		return nil, false, nil
 	case '/':
@@ -188,7 +204,7 @@ func (f *framer) step() (el *Element, more bool, err error) {
 		el, err := f.emit(s[:f.scan])
 		return el, false, err
 	}
-	t, ok, err := parseTag(s, i)
+	t, ok, err := parseTag(s, i, true)
 	if err != nil {
 		return nil, false, err
 	}
@@ -239,8 +255,9 @@ func (t *tag) shift(d int) {
 }
 
 // parseTag reads the start tag at s[i] == '<'. ok is false when s ends
-// inside it.
-func parseTag[T ~string | ~[]byte](s T, i int) (t tag, ok bool, err error) {
+// inside it. With check, it checks the names of the element and its
+// attributes (see checkName); the rest of its syntax it always checks.
+func parseTag[T ~string | ~[]byte](s T, i int, check bool) (t tag, ok bool, err error) {
 	j := i + 1
 	t.nameStart = j
 	for j < len(s) && !isSpace(s[j]) && s[j] != '/' && s[j] != '>' {
@@ -250,6 +267,13 @@ func parseTag[T ~string | ~[]byte](s T, i int) (t tag, ok bool, err error) {
 	if j < len(s) && t.nameEnd == t.nameStart {
 		return t, false, syntaxError("start tag without a name")
 	}
+	if check && j < len(s) {
+		if err := checkName(s[t.nameStart:t.nameEnd], true); err != nil {
+			return t, false, err
+		}
+	}
+	var seen [8][2]int
+	names := seen[:0] // where the attributes' names are, with check
 	for {
 		for j < len(s) && isSpace(s[j]) {
 			j++
@@ -280,6 +304,20 @@ func parseTag[T ~string | ~[]byte](s T, i int) (t tag, ok bool, err error) {
 		}
 		if j == n && j < len(s) {
 			return t, false, syntaxError("attribute without a name")
+		}
+		if check && j < len(s) {
+			if err := checkName(s[n:j], true); err != nil {
+				return t, false, err
+			}
+			// XML allows an attribute once in a tag (encoding/xml
+			// does not check, and would resolve a repeated xmlns
+			// otherwise than Element does).
+			for _, p := range names {
+				if string(s[p[0]:p[1]]) == string(s[n:j]) {
+					return t, false, syntaxError("attribute %s repeated", string(s[n:j]))
+				}
+			}
+			names = append(names, [2]int{n, j})
 		}
 		for j < len(s) && isSpace(s[j]) {
 			j++
@@ -318,13 +356,49 @@ func parseTag[T ~string | ~[]byte](s T, i int) (t tag, ok bool, err error) {
 	}
 }
 
-func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
+func isSpace(c byte) bool { return byteClass[c]&classSpace != 0 }
+
+const (
+	classSpace = 1 << iota // white space
+	className              // read by encoding/xml as part of a name
+)
+
+var byteClass = func() (t [256]uint8) {
+	for _, c := range []byte(" \t\r\n") {
+		t[c] |= classSpace
+	}
+	for c := 0; c < 256; c++ {
+		if 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' ||
+			c == '_' || c == ':' || c == '.' || c == '-' {
+			t[c] |= className
+		}
+	}
+	return t
+}()
+
+// plainASCII reports whether the eight bytes of w are all in 0x20-0x7F and
+// none is '&': characters that need no check.
+func plainASCII(w uint64) bool {
+	const lo, hi = 0x0101010101010101, 0x8080808080808080
+	below := (w - 0x20*lo) &^ w & hi // a byte below 0x20 (or >= 0x80)
+	amp := w ^ '&'*lo
+	amp = (amp - lo) &^ amp & hi // a byte equal to '&'
+	return (w|below|amp)&hi == 0
+}
 
 // checkChars reports the first character XML does not allow in b and, with
 // refs, the first reference encoding/xml would not know: what would make the
 // element unreadable.
 func checkChars(b []byte, refs bool) error {
 	for i := 0; i < len(b); {
+		// Eight bytes at a time while they are printable ASCII and no
+		// '&'.
+		for i+8 <= len(b) && plainASCII(binary.LittleEndian.Uint64(b[i:])) {
+			i += 8
+		}
+		if i >= len(b) {
+			break
+		}
 		c := b[i]
 		switch {
 		case c >= 0x20 && c < 0x80:
@@ -355,10 +429,83 @@ func checkChars(b []byte, refs bool) error {
 	return nil
 }
 
+// checkText checks character data: its characters and references, and
+// that it has no "]]>", as encoding/xml does.
+func checkText(b []byte) error {
+	if err := checkChars(b, true); err != nil {
+		return err
+	}
+	if bytes.IndexByte(b, '>') >= 0 && bytes.Contains(b, []byte("]]>")) {
+		return syntaxError("unescaped ]]> not in CDATA section")
+	}
+	return nil
+}
+
+// checkPI checks the inside of a processing instruction: a target that is a
+// name, other than xml (an XML declaration may only start a document), and
+// characters XML allows.
+func checkPI(b []byte) error {
+	n := 0
+	for n < len(b) && (b[n] >= utf8.RuneSelf || nameByte(b[n])) {
+		n++
+	}
+	if n == 0 {
+		return syntaxError("expected target name after <?")
+	}
+	if err := checkName(b[:n], false); err != nil {
+		return err
+	}
+	if bytes.EqualFold(b[:n], []byte("xml")) {
+		return syntaxError("XML declaration inside the stream")
+	}
+	return checkChars(b[n:], false)
+}
+
+// nameByte reports whether encoding/xml reads c as part of a name.
+func nameByte(c byte) bool { return byteClass[c]&className != 0 }
+
+// checkName checks that b is a name as encoding/xml reads one and, with
+// qname, a qualified name as namespaces in XML require: no more than one
+// colon, and not first or last.
+func checkName[T ~string | ~[]byte](b T, qname bool) error {
+	if len(b) == 0 {
+		return syntaxError("expected a name")
+	}
+	ascii := true
+	colon := -1
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		switch {
+		case c >= utf8.RuneSelf:
+			ascii = false
+		case !nameByte(c):
+			return syntaxError("invalid XML name: %q", string(b))
+		case c == ':' && qname:
+			if colon >= 0 || i == 0 || i == len(b)-1 {
+				return syntaxError("invalid qualified name: %q", string(b))
+			}
+			colon = i
+		}
+	}
+	if !ascii {
+		// Rare: let encoding/xml judge the characters.
+		d := xml.NewDecoder(strings.NewReader("<?" + string(b) + "?>"))
+		tok, err := d.RawToken()
+		if pi, ok := tok.(xml.ProcInst); err != nil || !ok || pi.Target != string(b) {
+			return syntaxError("invalid XML name: %q", string(b))
+		}
+		return nil
+	}
+	if c := b[0]; c >= '0' && c <= '9' || c == '.' || c == '-' {
+		return syntaxError("invalid XML name: %q", string(b))
+	}
+	return nil
+}
+
 // checkEntity checks the reference at b[0] == '&' and returns its length.
 func checkEntity(b []byte) (int, error) {
 	end := bytes.IndexByte(b, ';')
-	if end < 0 || end > 12 {
+	if end < 0 {
 		return 0, syntaxError("invalid character entity")
 	}
 	name := string(b[1:end])
@@ -379,6 +526,9 @@ func checkEntity(b []byte) (int, error) {
 		return 0, syntaxError("invalid character entity &%s;", name)
 	}
 	for _, c := range []byte(digits) {
+		if r > 0x10FFFF {
+			r = 0x110000 // any number past the last character
+		}
 		var d rune
 		switch {
 		case c >= '0' && c <= '9':
