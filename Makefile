@@ -49,11 +49,12 @@ ejabberd-install:
 demo: prosody-install
 	@sh scripts/demo.sh
 
-## bench: the end-to-end benchmark against Prosody (xmpptrack beside a raw
-## client), the memory of 100,000 tracked messages in flight, a listener in a
+## bench: the end-to-end benchmark against Prosody (xmpptrack with and without
+## the outbox beside a raw client) and against ejabberd without a room archive
+## (xmpptrack beside the raw client), the memory of 100,000 tracked messages in flight, a listener in a
 ## busy room (xmpptrack beside the raw client), and 10, 100 and 1,000 streams
 ## in one process (20 s of work each; -work 1m for the issue's full minute).
-bench: prosody-install
+bench: prosody-install ejabberd-install
 	$(GO) run ./bench/e2e -reps 7 -o bench/results.json
 	$(GO) test -run '^$$' -bench InFlight -benchtime 1x ./bench
 	$(GO) run ./bench/inbound -reps 7 -o bench/results-inbound.json

@@ -291,6 +291,65 @@ func (c *Client) Follow(tok *stream.StanzaToken, to jid.JID, b []byte, sentAt ti
 	return t, nil
 }
 
+// Expect tracks a one-to-one message that an earlier process wrote and
+// that is no longer among the stanzas the stream restored (see Follow):
+// the server acknowledged it before that process ended, or it was lost with
+// a session the process had already given up. id is its id and origin-id,
+// to its addressee as sent, b its stanza and sentAt when it was first
+// written, as the outbox recorded them. The tracker starts IN_TRANSIT
+// (move it on with its Transition when the outbox or the archive shows that
+// the server has it), and a receipt, a marker or an error reply for the
+// message moves it as for any message of the client. Nothing is written:
+// the message has no token, cannot be aborted, and is not asked about when
+// a session is lost. Call Expect between stream.New and Connect, on a
+// client made before Connect, so that an answer the resumed session brings
+// first is not missed. It returns an error wrapping ErrDuplicateID when id
+// is already tracked, ErrClosed after Close.
+func (c *Client) Expect(to jid.JID, id string, b []byte, sentAt time.Time, opts ...SendOption) (*tracking.MessageTracker, error) {
+	switch {
+	case id == "":
+		return nil, errors.New("chat: expect: empty id")
+	case to.Domainpart() == "":
+		return nil, fmt.Errorf("chat: expect %q: no address", id)
+	case len(b) == 0:
+		return nil, fmt.Errorf("chat: expect %q: no stanza", id)
+	}
+	cfg := sendConfig{timeout: c.timeout}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if sentAt.IsZero() {
+		sentAt = time.Now()
+	}
+	t := tracking.NewMessageTracker(tracking.WithID(id))
+	t.SetTimeout(cfg.timeout)
+	m := newMessage(c, t, to, id, bytes.Clone(b), sentAt)
+	m.lost = true // written: it can no longer be aborted (not shared yet)
+	c.send <- struct{}{}
+	err := c.track(m)
+	<-c.send
+	if err != nil {
+		_ = t.Close()
+		return nil, fmt.Errorf("chat: expect: %w", err)
+	}
+	c.rec.Track(t, time.Now())
+	return t, nil
+}
+
+// SetAnchor gives the client the anchor of the reconciliation of a's
+// contact (a.To, compared as a bare JID): the origin-id of a message of ours
+// to it, written before the messages that may later be lost, that the
+// server took (see SetReconciler). The client keeps it until the server
+// acknowledges a later message to that contact. A process that follows
+// messages an earlier one wrote (Follow, Expect) sets it from its outbox's
+// records before Connect, so that a refused resumption can be reconciled.
+func (c *Client) SetAnchor(a reconcile.Anchor) {
+	a.To = a.To.Bare()
+	c.mu.Lock()
+	c.anchors[a.To.String()] = a
+	c.mu.Unlock()
+}
+
 // Pending returns how many sent messages the client remembers, and for how
 // many distinct addresses (see Matcher.Pending).
 func (c *Client) Pending() (messages, peers int) { return c.m.Pending() }

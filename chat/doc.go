@@ -110,8 +110,12 @@
 // to the last. A new process follows the messages the stream restored with
 // Client.Follow, so that their receipts and markers still move a tracker,
 // and the archive decides about them when the old session cannot be
-// resumed. WithID sends a message with a given id, to send one again that
-// an earlier process recorded but never wrote.
+// resumed. Client.Expect waits for the receipts of the messages the server
+// had acknowledged before the process ended (they are no longer in the
+// stream's log), and Client.SetAnchor gives the anchor the records hold,
+// since the new process has no acknowledgement of its own yet; all three
+// before Connect. WithID sends a message with a given id, to send one again
+// that an earlier process recorded but never wrote.
 //
 // # Without a stream
 //

@@ -3,10 +3,8 @@ package chat_test
 import (
 	"context"
 	"crypto/tls"
-	"encoding/xml"
 	"fmt"
 	"log"
-	"strings"
 	"time"
 
 	"mellium.im/xmpp/jid"
@@ -57,19 +55,11 @@ func Example() {
 
 // element reads a stanza as the stream hands it to its handlers.
 func element(s string) *stream.Element {
-	d := xml.NewDecoder(strings.NewReader(s))
-	tok, err := d.Token()
+	el, err := stream.ParseElement([]byte(s))
 	if err != nil {
 		panic(err)
 	}
-	el := &stream.Element{Start: tok.(xml.StartElement).Copy()}
-	for {
-		tok, err := d.Token()
-		if err != nil {
-			return el
-		}
-		el.Inner = append(el.Inner, xml.CopyToken(tok))
-	}
+	return el
 }
 
 // The matching rules at work, without a server: receipts from anyone but

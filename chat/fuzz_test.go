@@ -66,7 +66,7 @@ func FuzzHandle(f *testing.F) {
 		}
 		m.Handle(el)
 		from, fromErr := jid.Parse(el.Attr("from"))
-		isMessage := el.Start.Name.Local == "message"
+		isMessage := el.Name().Local == "message"
 		for id, tr := range trackers {
 			to := messages[id].to
 			fromAccount := fromErr == nil && from.Bare().Equal(to.Bare())
@@ -105,7 +105,7 @@ func FuzzHandle(f *testing.F) {
 // "displayed": a displayed or acknowledged marker) for id.
 func proves(el *stream.Element, kind, id string) bool {
 	depth := 0
-	for _, tok := range el.Inner {
+	for _, tok := range el.Tokens() {
 		switch t := tok.(type) {
 		case xml.StartElement:
 			if depth == 0 {

@@ -1,7 +1,6 @@
 package chat
 
 import (
-	"encoding/xml"
 	"errors"
 	"fmt"
 	"strings"
@@ -306,15 +305,15 @@ type move struct {
 // the trackers it moves run on the calling goroutine (unless another
 // goroutine is already notifying them).
 func (m *Matcher) Handle(el *stream.Element) {
-	if el == nil || el.Start.Name.Local != "message" {
+	if el == nil || el.Name().Local != "message" {
 		return
 	}
-	from := xstanza.Attr(el.Start, "from")
+	from := el.Attr("from")
 	if from == "" {
 		// From our own account or its server: never the addressee's answer.
 		return
 	}
-	if xstanza.Attr(el.Start, "type") == "error" {
+	if el.Attr("type") == "error" {
 		m.handleError(el, from)
 		return
 	}
@@ -334,7 +333,7 @@ func (m *Matcher) Handle(el *stream.Element) {
 			continue
 		}
 		if len(moves) == 0 {
-			hdr = m.headerLocked(el.Start, e.peer, from)
+			hdr = m.headerLocked(el, e.peer, from)
 		}
 		switch mk.kind {
 		case received:
@@ -374,7 +373,7 @@ func (m *Matcher) Handle(el *stream.Element) {
 }
 
 func (m *Matcher) handleError(el *stream.Element, from string) {
-	id := xstanza.Attr(el.Start, "id")
+	id := el.Attr("id")
 	if id == "" {
 		return
 	}
@@ -385,9 +384,9 @@ func (m *Matcher) handleError(el *stream.Element, from string) {
 		return
 	}
 	t := e.t
-	hdr := m.headerLocked(el.Start, e.peer, from)
+	hdr := m.headerLocked(el, e.peer, from)
 	m.mu.Unlock()
-	se, ok := xstanza.Error(el.Inner)
+	se, ok := xstanza.Error(el.Tokens())
 	if !ok {
 		se = &stanza.Error{Type: stanza.Cancel, Condition: stanza.UndefinedCondition}
 	}
@@ -400,45 +399,37 @@ func (m *Matcher) handleError(el *stream.Element, from string) {
 // readMarkers appends the receipts and markers among the direct children of
 // el to ms.
 func readMarkers(el *stream.Element, ms []marker) []marker {
-	depth := 0
-	for _, tok := range el.Inner {
-		switch t := tok.(type) {
-		case xml.StartElement:
-			depth++
-			if depth != 1 {
-				continue
+	el.Children(func(t stream.Tag) bool {
+		name := t.Name()
+		switch name.Space {
+		case NSReceipts:
+			if name.Local != "received" {
+				return true
 			}
-			switch t.Name.Space {
-			case NSReceipts:
-				if t.Name.Local != "received" {
-					continue
-				}
-				id := xstanza.Attr(t, "id")
-				if id == "" {
-					// XEP-0184 1.0: the receipt carries the message's id.
-					id = xstanza.Attr(el.Start, "id")
-				}
-				if id != "" {
-					ms = append(ms, marker{received, id})
-				}
-			case NSMarkers:
-				var k kind
-				switch t.Name.Local {
-				case "received":
-					k = received
-				case "displayed", "acknowledged":
-					k = displayed
-				default:
-					continue
-				}
-				if id := xstanza.Attr(t, "id"); id != "" {
-					ms = append(ms, marker{k, id})
-				}
+			id := t.Attr("id")
+			if id == "" {
+				// XEP-0184 1.0: the receipt carries the message's id.
+				id = el.Attr("id")
 			}
-		case xml.EndElement:
-			depth--
+			if id != "" {
+				ms = append(ms, marker{received, id})
+			}
+		case NSMarkers:
+			var k kind
+			switch name.Local {
+			case "received":
+				k = received
+			case "displayed", "acknowledged":
+				k = displayed
+			default:
+				return true
+			}
+			if id := t.Attr("id"); id != "" {
+				ms = append(ms, marker{k, id})
+			}
 		}
-	}
+		return true
+	})
 	return ms
 }
 
@@ -478,11 +469,11 @@ func bareOf(s string) string {
 
 // headerLocked returns the top-level attributes of a stanza from from,
 // matched to a message sent to p.
-func (m *Matcher) headerLocked(start xml.StartElement, p *peer, from string) stanza.Message {
+func (m *Matcher) headerLocked(el *stream.Element, p *peer, from string) stanza.Message {
 	return stanza.Message{
-		ID:   xstanza.Attr(start, "id"),
-		Type: stanza.MessageType(xstanza.Attr(start, "type")),
+		ID:   el.Attr("id"),
+		Type: stanza.MessageType(el.Attr("type")),
 		From: p.from.parse(from),
-		To:   m.to.parse(xstanza.Attr(start, "to")),
+		To:   m.to.parse(el.Attr("to")),
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"encoding/xml"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -20,25 +19,9 @@ import (
 // element parses one stanza, as the stream would hand it to a handler.
 func element(tb testing.TB, s string) *stream.Element {
 	tb.Helper()
-	d := xml.NewDecoder(strings.NewReader(s))
-	var el *stream.Element
-	for {
-		tok, err := d.Token()
-		if err != nil {
-			break
-		}
-		if el == nil {
-			start, ok := tok.(xml.StartElement)
-			if !ok {
-				continue
-			}
-			el = &stream.Element{Start: start.Copy()}
-			continue
-		}
-		el.Inner = append(el.Inner, xml.CopyToken(tok))
-	}
-	if el == nil {
-		tb.Fatalf("no element in %q", s)
+	el, err := stream.ParseElement([]byte(s))
+	if err != nil {
+		tb.Fatalf("no element in %q: %v", s, err)
 	}
 	return el
 }

@@ -35,7 +35,7 @@ type chatLog struct {
 func newChatLog(s *stream.Stream) *chatLog {
 	l := &chatLog{signal: make(chan struct{}, 1)}
 	s.HandleElement(func(el *stream.Element) {
-		if el.Start.Name.Local != "message" {
+		if el.Name().Local != "message" {
 			return
 		}
 		var msg struct {
@@ -82,11 +82,11 @@ type markerLog struct {
 func newMarkerLog(s *stream.Stream) *markerLog {
 	l := &markerLog{from: make(map[string]int), signal: make(chan struct{}, 1)}
 	s.HandleElement(func(el *stream.Element) {
-		if el.Start.Name.Local != "message" {
+		if el.Name().Local != "message" {
 			return
 		}
 		var kids []string
-		for _, tok := range el.Inner {
+		for _, tok := range el.Tokens() {
 			if st, ok := tok.(xml.StartElement); ok && (st.Name.Space == xchat.NSReceipts || st.Name.Space == xchat.NSMarkers) {
 				var id string
 				for _, a := range st.Attr {

@@ -25,7 +25,7 @@ type rawCapture struct {
 func newRawCapture(s *stream.Stream, marker string) *rawCapture {
 	c := &rawCapture{signal: make(chan struct{}, 1)}
 	s.HandleElement(func(el *stream.Element) {
-		if el.Start.Name.Local != "message" {
+		if el.Name().Local != "message" {
 			return
 		}
 		var m struct {
@@ -60,7 +60,7 @@ func (c *rawCapture) wait(t testing.TB, n int) []*stream.Element {
 // children returns "NS local" of each element inside el, space-separated.
 func children(el *stream.Element) string {
 	var b strings.Builder
-	for _, tok := range el.Inner {
+	for _, tok := range el.Tokens() {
 		if st, ok := tok.(xml.StartElement); ok {
 			fmt.Fprintf(&b, "%s %s ", st.Name.Space, st.Name.Local)
 		}
@@ -110,7 +110,7 @@ func TestServerDifferences(t *testing.T) {
 		// carol is not in the room.
 		bounced := make(chan *stream.Element, 1)
 		carol.HandleElement(func(el *stream.Element) {
-			if el.Start.Name.Local == "message" && el.Attr("type") == "error" && el.Attr("id") == "c-1" {
+			if el.Name().Local == "message" && el.Attr("type") == "error" && el.Attr("id") == "c-1" {
 				select {
 				case bounced <- el:
 				default:

@@ -99,7 +99,7 @@ type arrivals struct {
 func newArrivals(s *stream.Stream, id string) *arrivals {
 	a := &arrivals{id: id, signal: make(chan struct{}, 1)}
 	s.HandleElement(func(el *stream.Element) {
-		if el.Start.Name.Local != "message" || el.Attr("type") != "groupchat" || el.Attr("id") != id {
+		if el.Name().Local != "message" || el.Attr("type") != "groupchat" || el.Attr("id") != id {
 			return
 		}
 		a.mu.Lock()
@@ -237,10 +237,10 @@ func TestMUCUnderCuts(t *testing.T) {
 		// reflection must still deliver its tracker.
 		var resent atomic.Int32
 		alice.HandleElement(func(el *stream.Element) {
-			if el.Start.Name.Local != "message" || el.Attr("type") != "groupchat" {
+			if el.Name().Local != "message" || el.Attr("type") != "groupchat" {
 				return
 			}
-			for _, tok := range el.Inner {
+			for _, tok := range el.Tokens() {
 				if st, ok := tok.(xml.StartElement); ok && st.Name.Space == "urn:xmpp:delay" {
 					resent.Add(1)
 					return
@@ -327,7 +327,7 @@ func TestMUCResumeRefused(t *testing.T) {
 		aliceLeft := make(chan struct{})
 		var leftOnce sync.Once
 		bob.HandleElement(func(el *stream.Element) {
-			if el.Start.Name.Local == "presence" && el.Attr("type") == "unavailable" && el.Attr("from") == self {
+			if el.Name().Local == "presence" && el.Attr("type") == "unavailable" && el.Attr("from") == self {
 				leftOnce.Do(func() { close(aliceLeft) })
 			}
 		})

@@ -58,7 +58,7 @@ type groupchatLog struct {
 func newGroupchatLog(s *stream.Stream, fromNick string) *groupchatLog {
 	l := &groupchatLog{bodies: make(map[string]int), signal: make(chan struct{}, 1)}
 	s.HandleElement(func(el *stream.Element) {
-		if el.Start.Name.Local != "message" || el.Attr("type") != "groupchat" {
+		if el.Name().Local != "message" || el.Attr("type") != "groupchat" {
 			return
 		}
 		from, err := jid.Parse(el.Attr("from"))

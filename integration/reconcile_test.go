@@ -53,10 +53,10 @@ type reflections struct {
 func newReflections(s *stream.Stream, occupant jid.JID) *reflections {
 	r := &reflections{origin: make(map[string]string)}
 	s.HandleElement(func(el *stream.Element) {
-		if el.Start.Name.Local != "message" || el.Attr("type") != "groupchat" || el.Attr("from") != occupant.String() {
+		if el.Name().Local != "message" || el.Attr("type") != "groupchat" || el.Attr("from") != occupant.String() {
 			return
 		}
-		ids := xstanza.ReadIDs(el.Start, el.Inner)
+		ids := readIDs(el)
 		r.mu.Lock()
 		r.origin[ids.ID] = ids.OriginID
 		r.mu.Unlock()
@@ -234,4 +234,10 @@ func TestReconcileChat(t *testing.T) {
 	ds = decisions(t, rec, msgs, nil)
 	wantOutcome(t, ds[never.Key], reconcile.Unknown)
 	wantOutcome(t, ds[msgs[0].Key], reconcile.Accepted)
+}
+
+// readIDs reads the ids of a stanza from its start element and children.
+func readIDs(el *stream.Element) xstanza.IDs {
+	start, _ := el.Start()
+	return xstanza.ReadIDs(start, el.Tokens())
 }

@@ -277,7 +277,7 @@ func TestCounterAgreement(t *testing.T) {
 					t.Fatal(err)
 				}
 				if reply.Attr("type") != "result" {
-					t.Fatalf("alice answered bob's ping with %v", reply.Start.Attr)
+					t.Fatalf("alice answered bob's ping with %v", reply)
 				}
 			}
 		}

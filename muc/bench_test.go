@@ -1,10 +1,7 @@
 package muc_test
 
 import (
-	"encoding/xml"
 	"fmt"
-	"io"
-	"strings"
 	"testing"
 
 	"mellium.im/xmpp/jid"
@@ -17,28 +14,9 @@ import (
 // parseElement reads one stanza from s as the stream's reader would.
 func parseElement(tb testing.TB, s string) *stream.Element {
 	tb.Helper()
-	d := xml.NewDecoder(strings.NewReader(s))
-	el := &stream.Element{}
-	for depth := 0; ; {
-		tok, err := d.Token()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			tb.Fatalf("parsing %s: %v", s, err)
-		}
-		tok = xml.CopyToken(tok)
-		switch t := tok.(type) {
-		case xml.StartElement:
-			depth++
-			if depth == 1 {
-				el.Start = t
-				continue
-			}
-		case xml.EndElement:
-			depth--
-		}
-		el.Inner = append(el.Inner, tok)
+	el, err := stream.ParseElement([]byte(s))
+	if err != nil {
+		tb.Fatalf("parsing %s: %v", s, err)
 	}
 	return el
 }

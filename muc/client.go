@@ -354,11 +354,11 @@ func (c *Client) Rooms() []*Room {
 // that room; messages it does not know go to a room of the same address
 // that removed us, if any. It runs on the stream's reader goroutine.
 func (c *Client) handle(el *stream.Element) {
-	local := el.Start.Name.Local
+	local := el.Name().Local
 	if local != "message" && local != "presence" {
 		return
 	}
-	from := xstanza.Attr(el.Start, "from")
+	from := el.Attr("from")
 	if from == "" {
 		return
 	}

@@ -61,7 +61,7 @@ func FuzzHandle(f *testing.F) {
 			switch st {
 			case tracking.InTransit:
 			case tracking.DeliveredToRecipient:
-				if el.Start.Name.Local != "message" || el.Attr("type") != "groupchat" || !fromOccupant(el.Attr("from"), room, "alice") ||
+				if el.Name().Local != "message" || el.Attr("type") != "groupchat" || !fromOccupant(el.Attr("from"), room, "alice") ||
 					(el.Attr("id") != id && !hasOriginID(el, origin[id])) {
 					t.Fatalf("%s delivered by %s", id, b)
 				}
@@ -71,7 +71,7 @@ func FuzzHandle(f *testing.F) {
 					t.Fatalf("%s moved to ERROR by %s", id, b)
 				}
 			case tracking.Closed:
-				if el.Start.Name.Local != "presence" {
+				if el.Name().Local != "presence" {
 					t.Fatalf("%s CLOSED by %s", id, b)
 				}
 			default:
@@ -93,7 +93,7 @@ func fromOccupant(from string, room jid.JID, nick string) bool {
 // hasOriginID reports whether a child of el is <origin-id id='id'/>.
 func hasOriginID(el *stream.Element, id string) bool {
 	depth := 0
-	for _, tok := range el.Inner {
+	for _, tok := range el.Tokens() {
 		switch t := tok.(type) {
 		case xml.StartElement:
 			if depth == 0 && t.Name == (xml.Name{Space: "urn:xmpp:sid:0", Local: "origin-id"}) {

@@ -346,7 +346,7 @@ func (r *Room) instant(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("muc: join %s: configure the new room: %w", r.key, err)
 	}
-	if xstanza.Attr(reply.Start, "type") == "error" {
+	if reply.Attr("type") == "error" {
 		return &JoinError{Room: r.addr, Err: stanzaError(reply)}
 	}
 	return nil
@@ -417,8 +417,8 @@ func (r *Room) SetNick(ctx context.Context, nick string) error {
 // that completes a join (status 110), nick changes (303, 210), errors, and
 // the room removing us (kicked, banned, room destroyed, service shut down).
 func (r *Room) handlePresence(el *stream.Element, from sender) {
-	typ := xstanza.Attr(el.Start, "type")
-	id := xstanza.Attr(el.Start, "id")
+	typ := el.Attr("type")
+	id := el.Attr("id")
 	var held []*pending
 	r.mu.Lock()
 	if typ == "error" {
@@ -432,7 +432,7 @@ func (r *Room) handlePresence(el *stream.Element, from sender) {
 		r.mu.Unlock()
 		return
 	}
-	u, ok := readMUCUser(el.Inner)
+	u, ok := readMUCUser(el.Tokens())
 	if !ok || !(u.has("110") || (u.destroyed && from.resource == r.self.Resourcepart())) {
 		r.mu.Unlock()
 		return
@@ -546,7 +546,7 @@ func (r *Room) deliverEvents() {
 // handleMessage matches a reflection or an error to a pending message, and
 // reports whether it did.
 func (r *Room) handleMessage(el *stream.Element, from sender) bool {
-	typ := xstanza.Attr(el.Start, "type")
+	typ := el.Attr("type")
 	var p *pending
 	var to tracking.MessageState
 	resp := &tracking.Response{}
@@ -577,7 +577,7 @@ func (r *Room) handleMessage(el *stream.Element, from sender) bool {
 			r.mu.Unlock()
 			return false
 		}
-		p = r.byID[xstanza.Attr(el.Start, "id")]
+		p = r.byID[el.Attr("id")]
 		to = tracking.Error
 		resp.Error = stanzaError(el)
 	}
@@ -588,7 +588,7 @@ func (r *Room) handleMessage(el *stream.Element, from sender) bool {
 	if p == nil {
 		return false
 	}
-	resp.Message = r.messageHeader(el.Start)
+	resp.Message = r.messageHeader(el)
 	// A rejected transition (an error after the reflection, a reflection
 	// after a timeout) changes nothing, which is what we want.
 	if to == tracking.DeliveredToRecipient && resp.StanzaID != "" && resp.StanzaIDBy.Equal(r.addr) {
@@ -623,35 +623,28 @@ type ids struct {
 // occupant-id, and the stanza-id the room itself assigned (a message may
 // carry others, from archives on the way).
 func readIDs(el *stream.Element, room jid.JID) ids {
-	v := ids{id: xstanza.Attr(el.Start, "id")}
-	depth := 0
-	for _, tok := range el.Inner {
-		switch t := tok.(type) {
-		case xml.StartElement:
-			if depth == 0 {
-				switch {
-				case t.Name.Space == xstanza.NSSID && t.Name.Local == "origin-id" && v.originID == "":
-					v.originID = xstanza.Attr(t, "id")
-				case t.Name.Space == xstanza.NSSID && t.Name.Local == "stanza-id" && v.stanzaID == "":
-					if by, err := jid.Parse(xstanza.Attr(t, "by")); err == nil && by.Equal(room) {
-						v.stanzaID, v.stanzaIDBy = xstanza.Attr(t, "id"), by
-					}
-				case t.Name.Space == NSOccupantID && t.Name.Local == "occupant-id" && v.occupantID == "":
-					v.occupantID = xstanza.Attr(t, "id")
-				}
+	v := ids{id: el.Attr("id")}
+	el.Children(func(t stream.Tag) bool {
+		name := t.Name()
+		switch {
+		case name.Space == xstanza.NSSID && name.Local == "origin-id" && v.originID == "":
+			v.originID = t.Attr("id")
+		case name.Space == xstanza.NSSID && name.Local == "stanza-id" && v.stanzaID == "":
+			if by, err := jid.Parse(t.Attr("by")); err == nil && by.Equal(room) {
+				v.stanzaID, v.stanzaIDBy = t.Attr("id"), by
 			}
-			depth++
-		case xml.EndElement:
-			depth--
+		case name.Space == NSOccupantID && name.Local == "occupant-id" && v.occupantID == "":
+			v.occupantID = t.Attr("id")
 		}
-	}
+		return true
+	})
 	return v
 }
 
 // stanzaError returns the error of an error stanza. An error without a
 // condition, or without an <error/> at all, is an undefined-condition.
 func stanzaError(el *stream.Element) *stanza.Error {
-	se, ok := xstanza.Error(el.Inner)
+	se, ok := xstanza.Error(el.Tokens())
 	if !ok {
 		return &stanza.Error{Type: stanza.Cancel, Condition: stanza.UndefinedCondition}
 	}
@@ -664,12 +657,12 @@ func stanzaError(el *stream.Element) *stanza.Error {
 // messageHeader returns the top-level attributes of a message. The from
 // and to of a room's messages hardly ever change, and parsing a JID (PRECIS)
 // costs more than matching the message: the last parse of each is kept.
-func (r *Room) messageHeader(start xml.StartElement) stanza.Message {
+func (r *Room) messageHeader(el *stream.Element) stanza.Message {
 	m := stanza.Message{
-		ID:   xstanza.Attr(start, "id"),
-		Type: stanza.MessageType(xstanza.Attr(start, "type")),
+		ID:   el.Attr("id"),
+		Type: stanza.MessageType(el.Attr("type")),
 	}
-	from, to := xstanza.Attr(start, "from"), xstanza.Attr(start, "to")
+	from, to := el.Attr("from"), el.Attr("to")
 	r.jids.Lock()
 	defer r.jids.Unlock()
 	m.From = r.jids.from.parse(from)

@@ -1,6 +1,9 @@
 package stream
 
-import "sync"
+import (
+	"sync"
+	"time"
+)
 
 // callbacks runs the user's code — token observers, handlers and event
 // listeners — for the stream's own goroutines, on a goroutine of its own, one
@@ -10,52 +13,105 @@ import "sync"
 // and never wait for it, so no callback can stop them: a callback may call
 // Send (even one that waits for room), SendIQ, Abort or Close, and the stream
 // keeps reading, writing and reconnecting meanwhile. The goroutine is started
-// when work arrives and ends when none is left, so an idle stream has none.
+// when work arrives and ends once none has come for callbackLinger, so an
+// idle stream has none, and a steady flow of stanzas (a busy room) hands
+// them to a goroutine that is already there instead of starting one each.
 type callbacks struct {
 	mu      sync.Mutex // guards the fields below
 	jobs    []job
 	running bool          // a goroutine is draining jobs
+	waiting bool          // it waits for more, on wake
 	done    chan struct{} // closed once drained after finish; nil before
+	wake    chan struct{} // has room for one: work or finish for a waiting goroutine
 }
 
-// job is one unit of user code to run: exactly one field is set.
+// callbackLinger is how long the callback goroutine waits for more work
+// before it ends (0: not at all).
+var callbackLinger = time.Millisecond
+
+// job is one unit of user code to run: at most one of tok, el, ev and fn
+// is set.
 type job struct {
 	tok *StanzaToken  // deliver the token's queued changes to its observers
 	el  *Element      // run the handlers on an inbound stanza
 	ev  *Event        // tell the event listeners
 	fn  func()        // run a hook (see Stream.AddHook)
 	ran chan struct{} // if not nil, closed once the job has run
+
+	// With an outbox, the job of an inbound stanza (or a mark for one that
+	// went to a SendIQ waiter) carries the inbound count up to it: once it
+	// has run, that many stanzas of session inSession are handled (see
+	// Stream.handled).
+	in        uint32
+	inSession uint64
+	counts    bool
 }
 
-// push queues j and starts the goroutine if none runs. run executes a job.
-func (q *callbacks) push(j job, run func(*job)) {
+// push queues j and starts the goroutine if none runs, which runs jobs with
+// s.runJob.
+func (q *callbacks) push(j job, s *Stream) {
 	q.mu.Lock()
 	q.jobs = append(q.jobs, j)
 	start := !q.running
 	q.running = true
+	wake := q.waiting
+	q.waiting = false
+	if q.wake == nil {
+		q.wake = make(chan struct{}, 1)
+	}
 	q.mu.Unlock()
-	if start {
-		go q.drain(run)
+	switch {
+	case start:
+		go q.drain(s)
+	case wake:
+		q.wake <- struct{}{}
 	}
 }
 
-func (q *callbacks) drain(run func(*job)) {
+func (q *callbacks) drain(s *Stream) {
 	var batch []job
+	var timer *time.Timer
 	for {
 		q.mu.Lock()
 		if len(q.jobs) == 0 {
-			q.running = false
-			if q.done != nil {
-				close(q.done)
-				q.done = nil
+			if q.done == nil && callbackLinger > 0 {
+				// Wait a little for more.
+				q.waiting = true
+				q.mu.Unlock()
+				if timer == nil {
+					timer = time.NewTimer(callbackLinger)
+				} else {
+					timer.Reset(callbackLinger)
+				}
+				select {
+				case <-q.wake:
+					timer.Stop()
+					continue
+				case <-timer.C:
+				}
+				q.mu.Lock()
+				if !q.waiting {
+					// Woken as the timer fired: take the wake.
+					q.mu.Unlock()
+					<-q.wake
+					continue
+				}
+				q.waiting = false
 			}
-			q.mu.Unlock()
-			return
+			if len(q.jobs) == 0 {
+				q.running = false
+				if q.done != nil {
+					close(q.done)
+					q.done = nil
+				}
+				q.mu.Unlock()
+				return
+			}
 		}
 		batch, q.jobs = q.jobs, batch[:0]
 		q.mu.Unlock()
 		for i := range batch {
-			run(&batch[i])
+			s.runJob(&batch[i])
 			if batch[i].ran != nil {
 				close(batch[i].ran)
 			}
@@ -74,4 +130,9 @@ func (q *callbacks) finish(done chan struct{}) {
 		return
 	}
 	q.done = done
+	if q.waiting {
+		// The goroutine waits for work: it is all done.
+		q.waiting = false
+		q.wake <- struct{}{}
+	}
 }

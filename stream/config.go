@@ -154,6 +154,16 @@ type Config struct {
 	// there that the server may still hold, the first connection resumes it
 	// and writes again what the server had not acknowledged (Restored). See
 	// package outbox for what survives what.
+	//
+	// With an outbox, the inbound count the stream commits and acknowledges
+	// to the server (<a h/>, <resume h/>) counts only the stanzas whose
+	// handlers have returned, and only once committed, with every Note those
+	// handlers made: an answer to the server's request commits first when
+	// needed. The server therefore sends again, after a restart or a
+	// resumption, what was read but not yet recorded; what was already
+	// handled in this process is not handed to the handlers twice. The
+	// acknowledgements lag behind the stanzas read by what is waiting for
+	// its handlers, which XEP-0198 allows.
 	Outbox outbox.Store
 	// Logger receives debug and warning logs. Default: discard.
 	Logger *slog.Logger

@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"mellium.im/xmpp"
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 	xstream "mellium.im/xmpp/stream"
@@ -21,9 +20,9 @@ import (
 // conn is one connection of the stream. Its reader and writer goroutines own
 // the reading and writing halves of nc; everything else is guarded as marked.
 type conn struct {
-	nc   net.Conn // the secured connection (what mellium negotiated on)
-	raw  net.Conn // the TCP connection below it
-	sess *xmpp.Session
+	nc   net.Conn      // the secured connection (what mellium negotiated on)
+	raw  net.Conn      // the TCP connection below it
+	in   *framer       // the reader's: elements from nc, after negotiation
 	kick chan struct{} // wakes the writer; capacity 1
 	dead chan struct{} // closed by fail or shut
 	once sync.Once
@@ -33,6 +32,7 @@ type conn struct {
 	// Guarded by Stream.mu:
 	pace      *sm.Pacer     // when to request, answer, probe; when the link is dead
 	answered  uint32        // the h of our last <a/>
+	skip      uint32        // stanzas the server sends again after <resumed/> that were read before
 	resumed   bool          // the connection resumed a session
 	resend    bool          // the writer must first write the unacked stanzas again
 	closing   bool          // Close: write </stream:stream> after the queue
@@ -190,6 +190,7 @@ func (s *Stream) writeLoop(c *conn) {
 		final := c.final
 		closing := c.closing && s.queue.len() == 0 && final == nil
 		act := c.pace.Next(now, s.out.Len(), final != nil || closing)
+		mustCommit := false
 		if smOn {
 			if act.Dead {
 				s.mu.Unlock()
@@ -198,9 +199,13 @@ func (s *Stream) writeLoop(c *conn) {
 			}
 			// Answer a request; and before our stream ends, tell the
 			// server what we handled even unasked (XEP-0198 §4).
-			if act.Answer || ((final != nil || closing) && s.in != c.answered) {
-				buf = sm.AppendAnswer(buf, s.in)
-				c.answered = s.in
+			// With an outbox, the answer counts what is handled, and the
+			// commit below (before the write) records that count first.
+			h, commitFirst := s.ackableLocked()
+			if act.Answer || ((final != nil || closing) && h != c.answered) {
+				buf = sm.AppendAnswer(buf, h)
+				c.answered = h
+				mustCommit = commitFirst
 			}
 			if act.Request && final == nil && !closing {
 				buf = append(buf, sm.Request...)
@@ -211,7 +216,7 @@ func (s *Stream) writeLoop(c *conn) {
 			buf = append(buf, ' ')
 		}
 		s.checkIdleLocked()
-		changes, commit := s.boxChangesLocked(batch)
+		changes, commit := s.boxChangesLocked(batch, mustCommit)
 		s.mu.Unlock()
 
 		// Write ahead: the outbox holds the batch before its bytes can
@@ -223,6 +228,7 @@ func (s *Stream) writeLoop(c *conn) {
 			}
 			s.mu.Lock()
 			s.stats.OutboxCommits++
+			s.box.in = changes.Session.In
 			s.mu.Unlock()
 		}
 		if final != nil {
@@ -299,42 +305,53 @@ func (s *Stream) checkIdleLocked() {
 // handles stream management nonzas, and hands stanzas to dispatch.
 func (s *Stream) readLoop(c *conn) {
 	defer c.wg.Done()
-	r := c.sess.TokenReader()
-	defer r.Close()
-	if err := s.read(c, r); err != nil {
+	if err := s.read(c, c.in); err != nil {
 		s.readFailed(c, err)
 	}
 }
 
 // read reads elements from r until an error, which it returns.
-func (s *Stream) read(c *conn, r xml.TokenReader) error {
+func (s *Stream) read(c *conn, r *framer) error {
 	for {
-		tok, err := r.Token()
+		el, err := r.next()
 		if err != nil {
 			return err
 		}
-		start, ok := tok.(xml.StartElement)
-		if !ok {
-			continue
-		}
-		if start.Name.Space == sm.NS {
-			if err := s.handleSM(c, start, r); err != nil {
+		switch el.name.Space {
+		case sm.NS:
+			if err := s.handleSM(c, el); err != nil {
 				return err
 			}
 			continue
-		}
-		el, err := readElement(r, start)
-		if err != nil {
-			return err
+		case nsStreams:
+			if el.name.Local != "error" {
+				return syntaxError("unexpected <stream:%s>", el.name.Local)
+			}
+			var se xstream.Error
+			if err := el.Decode(&se); err != nil {
+				return err
+			}
+			return se
 		}
 		s.mu.Lock()
+		c.pace.Read(time.Now())
+		if c.skip > 0 {
+			// Sent again after <resumed/>: read, counted and dispatched
+			// on an earlier connection of the session.
+			c.skip--
+			s.mu.Unlock()
+			continue
+		}
+		j := job{el: el}
 		if s.smOn {
 			s.in++
+			if s.box.store != nil {
+				j.in, j.inSession, j.counts = s.in, s.session, true
+			}
 		}
-		c.pace.Read(time.Now())
 		s.stats.Received++
 		s.mu.Unlock()
-		s.dispatch(el)
+		s.dispatch(j)
 	}
 }
 
@@ -364,11 +381,8 @@ func (s *Stream) readFailed(c *conn, err error) {
 }
 
 // handleSM handles one stream management element read on c.
-func (s *Stream) handleSM(c *conn, start xml.StartElement, r xml.TokenReader) error {
-	if err := skipElement(r); err != nil {
-		return err
-	}
-	switch start.Name.Local {
+func (s *Stream) handleSM(c *conn, el *Element) error {
+	switch el.name.Local {
 	case "r":
 		s.mu.Lock()
 		if s.smOn {
@@ -377,6 +391,10 @@ func (s *Stream) handleSM(c *conn, start xml.StartElement, r xml.TokenReader) er
 		s.mu.Unlock()
 		c.wake()
 	case "a":
+		start, err := el.Start()
+		if err != nil {
+			return err
+		}
 		h, err := sm.ParseH(start)
 		if err != nil {
 			return s.protocolError(c, fmt.Errorf("%w: %w", ErrProtocol, err),
@@ -384,7 +402,7 @@ func (s *Stream) handleSM(c *conn, start xml.StartElement, r xml.TokenReader) er
 		}
 		return s.ack(c, h)
 	default:
-		s.log.Debug("ignoring stream management element", "name", start.Name.Local)
+		s.log.Debug("ignoring stream management element", "name", el.name.Local)
 		s.mu.Lock()
 		c.pace.Read(time.Now())
 		s.mu.Unlock()
@@ -417,7 +435,7 @@ func (s *Stream) ack(c *conn, h uint32) error {
 			for _, h := range hooks {
 				(*h).AckRTT(rtt)
 			}
-		}}, s.runJob)
+		}}, s)
 	}
 	for i, e := range acked {
 		s.move(e.tok, TokenSent, TokenAcked, nil)
@@ -467,8 +485,11 @@ var ErrAnswerLater = errors.New("stream: the handler answers this IQ later")
 
 // dispatch hands an inbound IQ reply to the SendIQ waiting for it, on the
 // reader; any other stanza goes to the handlers, on the callback goroutine.
-func (s *Stream) dispatch(el *Element) {
-	if el.Start.Name.Local == "iq" {
+// j is the stanza's job; a reply handed to its waiter leaves a mark in its
+// place, so that it counts as handled once everything before it is.
+func (s *Stream) dispatch(j job) {
+	el := j.el
+	if el.name.Local == "iq" {
 		if typ := el.Attr("type"); typ == "result" || typ == "error" {
 			id := el.Attr("id")
 			s.mu.Lock()
@@ -477,11 +498,15 @@ func (s *Stream) dispatch(el *Element) {
 			s.mu.Unlock()
 			if ok {
 				w.ch <- iqResult{el: el}
+				if j.counts {
+					j.el = nil
+					s.cb.push(j, s)
+				}
 				return
 			}
 		}
 	}
-	s.cb.push(job{el: el}, s.runJob)
+	s.cb.push(j, s)
 }
 
 // runJob runs one job of the callback goroutine.
@@ -496,6 +521,9 @@ func (s *Stream) runJob(j *job) {
 	case j.fn != nil:
 		j.fn()
 	}
+	if j.counts {
+		s.markHandled(j.in, j.inSession)
+	}
 }
 
 // handle runs the handlers on an inbound stanza, then answers an IQ request
@@ -506,15 +534,20 @@ func (s *Stream) handle(el *Element) {
 	s.mu.Lock()
 	handlers := s.handlers
 	s.mu.Unlock()
-	w := &replyWriter{s: s, id: id}
+	var w *replyWriter // for the handlers of tokens, made for the first
 	claimed := false
 	for _, h := range handlers {
 		if eh, ok := h.h.(*elementHandler); ok {
 			eh.f(el)
 			continue
 		}
-		start := el.Start.Copy()
-		err := h.h.HandleXMPP(readEncoder{el.InnerReader(), w}, &start)
+		if w == nil {
+			w = &replyWriter{s: s, id: id}
+		}
+		start, err := el.Start()
+		if err == nil {
+			err = h.h.HandleXMPP(readEncoder{el.InnerReader(), w}, &start)
+		}
 		switch {
 		case errors.Is(err, ErrAnswerLater):
 			claimed = true
@@ -522,7 +555,7 @@ func (s *Stream) handle(el *Element) {
 			s.log.Warn("handler failed", "err", err)
 		}
 	}
-	if el.Start.Name.Local != "iq" || (typ != "get" && typ != "set") || w.replied || claimed {
+	if el.name.Local != "iq" || (typ != "get" && typ != "set") || w != nil && w.replied || claimed {
 		return
 	}
 	reply := stanza.IQ{ID: id, Type: stanza.ResultIQ}
@@ -546,12 +579,8 @@ func (s *Stream) handle(el *Element) {
 }
 
 func isPing(el *Element) bool {
-	for _, t := range el.Inner {
-		if st, ok := t.(xml.StartElement); ok {
-			return st.Name.Space == "urn:xmpp:ping" && st.Name.Local == "ping"
-		}
-	}
-	return false
+	_, ok := el.Child("urn:xmpp:ping", "ping")
+	return ok
 }
 
 // finish ends the stream for good: every token that is not final yet ends
@@ -593,7 +622,7 @@ func (s *Stream) finish(err error) {
 func (s *Stream) move(t *StanzaToken, from, to TokenState, err error) bool {
 	moved, deliver := t.change(from, to, err)
 	if deliver {
-		s.cb.push(job{tok: t}, s.runJob)
+		s.cb.push(job{tok: t}, s)
 	}
 	return moved
 }
@@ -604,7 +633,7 @@ func (s *Stream) emit(ev Event) {
 		ev.At = time.Now()
 	}
 	s.log.Debug("stream event", "kind", ev.Kind.String(), "err", ev.Err, "acked", ev.Acked, "resent", ev.Resent, "lost", ev.Lost)
-	s.cb.push(job{ev: &ev}, s.runJob)
+	s.cb.push(job{ev: &ev}, s)
 }
 
 // newSessionWait bounds how long a new session waits for the listeners of
@@ -618,7 +647,7 @@ const newSessionWait = time.Second
 // callback that waits for the stream from holding it up.
 func (s *Stream) emitNewSession(ev Event) {
 	ran := make(chan struct{})
-	s.cb.push(job{ev: &ev, ran: ran}, s.runJob)
+	s.cb.push(job{ev: &ev, ran: ran}, s)
 	t := time.NewTimer(newSessionWait)
 	defer t.Stop()
 	select {

@@ -106,7 +106,10 @@
 // messages in the same commits. A new process opens the same outbox with New:
 // it restores the session the earlier one left, and Connect resumes it if
 // the server still holds it; what the server had not acknowledged is written
-// again with the same ids, and the inbound count carries on. Restored gives
+// again with the same ids, and the inbound count carries on from the last
+// stanza whose handlers had returned before a commit: the server sends the
+// ones after it again, and the handlers see them (they must take a stanza
+// whose effect is already recorded in their stride). Restored gives
 // the restored stanzas' tokens, so that the layers above (set up between New
 // and Connect, so that they see the first stanza the server resends) can
 // follow them. When the session cannot be resumed, those tokens end

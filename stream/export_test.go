@@ -11,7 +11,7 @@ func SetCounts(s *Stream, out, in uint32) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.out.SetCounts(out)
-	s.in = in
+	s.in, s.box.handled, s.box.in = in, in, in
 }
 
 // SetDialControl makes the dialer that connects to what DNS announces (when

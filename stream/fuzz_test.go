@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/xml"
 	"errors"
-	"io"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -58,12 +57,7 @@ func FuzzRead(f *testing.F) {
 			_, err := xmlstream.Copy(r, xmlstream.Wrap(nil, xml.StartElement{Name: xml.Name{Local: "presence"}}))
 			return err
 		}))
-		const header = "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
-		d := xml.NewDecoder(io.MultiReader(strings.NewReader(header), bytes.NewReader(b)))
-		if _, err := d.Token(); err != nil {
-			t.Fatal(err)
-		}
-		err := s.read(c, d)
+		err := s.read(c, newFramer(bytes.NewReader(b), "jabber:client"))
 		if err == nil {
 			t.Fatal("read returned without an error")
 		}

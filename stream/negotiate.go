@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/xml"
@@ -29,6 +30,9 @@ type previous struct {
 // negotiated is the outcome of stream negotiation on one connection.
 type negotiated struct {
 	sess *xmpp.Session
+	// in is the connection negotiated on, with what the server sent after
+	// the last element of the negotiation still in its buffer.
+	in *bufConn
 	// resumed is set when <resumed/> was received; h is its count.
 	resumed bool
 	h       uint32
@@ -48,23 +52,40 @@ type negotiated struct {
 // feature in bind's place, which resumes prev when given and otherwise binds
 // a resource and enables stream management. It reads exactly one element for
 // each stream management step, so that stanzas the server sends right after
-// <resumed/> or <enabled/> stay in the session's decoder for the reader.
+// <resumed/> or <enabled/> stay in the connection's buffer for the reader
+// (see bufConn).
 func negotiate(ctx context.Context, cfg *Config, conn net.Conn, prev *previous) (*negotiated, error) {
 	n := &negotiated{}
+	in := newBufConn(conn)
+	_, direct := conn.(*tls.Conn)
 	var features []xmpp.StreamFeature
-	// On a connection that is a *tls.Conn (direct TLS, XEP-0368) mellium
-	// starts out Secure, and StartTLS, prohibited once Secure, is skipped.
-	if cfg.TLS != nil {
-		features = append(features, xmpp.StartTLS(cfg.TLS))
+	// mellium takes only a *tls.Conn for secure (and then skips STARTTLS,
+	// prohibited once secure); it sees our wrapper instead, so that on
+	// direct TLS (XEP-0368) the stream leaves STARTTLS out itself.
+	starttls := false
+	if cfg.TLS != nil && !direct {
+		st := xmpp.StartTLS(cfg.TLS)
+		upgrade := st.Negotiate
+		st.Negotiate = func(ctx context.Context, sess *xmpp.Session, data interface{}) (xmpp.SessionState, io.ReadWriter, error) {
+			mask, rw, err := upgrade(ctx, sess, data)
+			if c, ok := rw.(net.Conn); ok && err == nil {
+				in = newBufConn(c)
+				rw = in
+				starttls = true
+			}
+			return mask, rw, err
+		}
+		features = append(features, st)
 	}
 	auth := saslFeature(cfg)
-	if cfg.TLS == nil {
-		// mellium offers SASL only on a secured stream; the user asked for
-		// plaintext (loopback tests).
+	if cfg.TLS == nil || direct {
+		// mellium offers SASL only on a stream it knows is secured: on
+		// direct TLS it is, without mellium knowing; without TLS the user
+		// asked for plaintext (loopback tests).
 		auth.Necessary &^= xmpp.Secure
 	}
 	features = append(features, auth, smBind(cfg, prev, n))
-	sess, err := xmpp.NewSession(ctx, cfg.JID.Domain(), cfg.JID, conn, 0,
+	sess, err := xmpp.NewSession(ctx, cfg.JID.Domain(), cfg.JID, in, 0,
 		xmpp.NewNegotiator(func(*xmpp.Session, *xmpp.StreamConfig) xmpp.StreamConfig {
 			return xmpp.StreamConfig{Features: features}
 		}))
@@ -74,11 +95,43 @@ func negotiate(ctx context.Context, cfg *Config, conn net.Conn, prev *previous) 
 	if err != nil {
 		return nil, err
 	}
-	if sess.State()&xmpp.Secure == 0 && !cfg.AllowPlaintext {
+	if !direct && !starttls && !cfg.AllowPlaintext {
 		return nil, errors.New("stream: server did not secure the connection and plaintext is not allowed")
 	}
 	n.sess = sess
+	n.in = in
 	return n, nil
+}
+
+// bufConn is a connection read through a buffer that it offers as an
+// io.ByteReader. encoding/xml reads such a reader byte by byte and keeps no
+// buffer of its own, so mellium's decoder takes from the buffer only what it
+// negotiates with; after negotiation the stream's reader goes on from the
+// same buffer without losing what the server sent right after the last
+// negotiation element (stanzas after <resumed/>, for example).
+type bufConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func newBufConn(c net.Conn) *bufConn {
+	return &bufConn{Conn: c, r: bufio.NewReader(c)}
+}
+
+// Read reads from the buffer, or directly into b when the buffer is empty
+// and b larger.
+func (c *bufConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+// ReadByte reads one byte from the buffer.
+func (c *bufConn) ReadByte() (byte, error) { return c.r.ReadByte() }
+
+// ConnectionState is that of the TLS connection below, for mellium's
+// channel binding.
+func (c *bufConn) ConnectionState() tls.ConnectionState {
+	if tc, ok := c.Conn.(interface{ ConnectionState() tls.ConnectionState }); ok {
+		return tc.ConnectionState()
+	}
+	return tls.ConnectionState{}
 }
 
 // nsChannelBinding is XEP-0440's stream feature, by which a server says

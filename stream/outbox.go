@@ -30,6 +30,38 @@ type outboxState struct {
 	// the stanza's bytes.
 	live     map[string]outbox.Message
 	restored []*StanzaToken
+
+	// handled counts the inbound stanzas whose handlers have returned
+	// (mod 2^32, like Stream.in, which it follows): the callback goroutine
+	// runs them in order, so they are a prefix of those read. Every note a
+	// handler made before returning is in notes or committed by then.
+	handled uint32
+	// in is the inbound count of the latest commit: the highest h the
+	// stream may acknowledge to the server, in <a/> or <resume/>, so that
+	// a new process that resumes with the stored count never finds that
+	// the server dropped stanzas it does not count.
+	in uint32
+}
+
+// markHandled records, once the job of an inbound stanza has run, that the
+// inbound count in of session is handled; a job of an earlier session
+// counts for nothing. On the callback goroutine.
+func (s *Stream) markHandled(in uint32, session uint64) {
+	s.mu.Lock()
+	if s.session == session && s.smOn {
+		s.box.handled = in
+	}
+	s.mu.Unlock()
+}
+
+// ackableLocked returns the inbound count the stream may acknowledge now,
+// and whether it must commit first: everything read without an outbox,
+// what is handled with one (which the commit about to be made records).
+func (s *Stream) ackableLocked() (h uint32, commit bool) {
+	if s.box.store == nil {
+		return s.in, false
+	}
+	return s.box.handled, s.box.handled != s.box.in
 }
 
 // restore takes up the session an earlier process left in st: the stream
@@ -38,6 +70,18 @@ type outboxState struct {
 // when the session cannot be resumed (none, or its window has passed).
 // Called by Dial before anything runs.
 func (s *Stream) restore(st outbox.State) (*previous, error) {
+	// The records that say written keep saying so in later notes, by a
+	// layer that follows their messages again: the restored stanzas, and
+	// those the server acknowledged whose outcome is still to come. Only
+	// what note keeps is kept.
+	for _, m := range st.Messages {
+		if m.Written {
+			if s.box.live == nil {
+				s.box.live = make(map[string]outbox.Message)
+			}
+			s.box.live[m.Key] = outbox.Message{Key: m.Key, Written: true, SentAt: m.SentAt}
+		}
+	}
 	ss := st.Session
 	if ss.ResumeID == "" && len(st.Unacked) == 0 {
 		return nil, nil
@@ -47,26 +91,14 @@ func (s *Stream) restore(st outbox.State) (*previous, error) {
 		return nil, fmt.Errorf("%w: the stored address %q: %w", ErrOutbox, ss.Addr, err)
 	}
 	entries := make([]*entry, len(st.Unacked))
-	// The records of restored stanzas say written: later notes (by a layer
-	// that follows them again) keep saying so.
-	records := make(map[string]outbox.Message, len(st.Messages))
-	for _, m := range st.Messages {
-		records[m.Key] = m
-	}
 	for i, u := range st.Unacked {
-		if m, ok := records[u.ID]; ok && m.Written {
-			if s.box.live == nil {
-				s.box.live = make(map[string]outbox.Message)
-			}
-			s.box.live[u.ID] = m
-		}
 		t := newToken(u.ID)
 		t.state = TokenSent
 		entries[i] = &entry{tok: t, b: u.Bytes}
 		s.box.restored = append(s.box.restored, t)
 	}
 	s.out.Restore(ss.Acked, entries)
-	s.in = ss.In
+	s.in, s.box.handled, s.box.in = ss.In, ss.In, ss.In
 	s.smOn = true
 	s.smID, s.smLoc, s.smMax, s.addr = ss.ResumeID, ss.Location, ss.Max, addr
 	if ss.ResumeID == "" || (ss.Max > 0 && time.Since(ss.Saved) >= ss.Max) {
@@ -147,12 +179,14 @@ func (s *Stream) notesDueLocked() time.Time {
 
 // boxChangesLocked returns what the next commit must say, with the
 // stanzas about to be written, and clears what it took; ok is false when
-// there is nothing to commit. Called by the writer with s.mu held, after
-// the batch was recorded in s.out and before its bytes are written.
-func (s *Stream) boxChangesLocked(batch []*entry) (outbox.Changes, bool) {
+// there is nothing to commit, unless force is set (the handled count must
+// be committed before it is acknowledged). Called by the writer with s.mu
+// held, after the batch was recorded in s.out and before its bytes are
+// written.
+func (s *Stream) boxChangesLocked(batch []*entry, force bool) (outbox.Changes, bool) {
 	b := &s.box
 	notesDue := len(b.notes) > 0 && !time.Now().Before(b.notesSince.Add(noteDelay))
-	if b.store == nil || (len(batch) == 0 && !notesDue && !b.reset) {
+	if b.store == nil || (len(batch) == 0 && !notesDue && !b.reset && !force) {
 		return outbox.Changes{}, false
 	}
 	ch := outbox.Changes{
@@ -189,7 +223,7 @@ func (s *Stream) boxSessionLocked() *outbox.Session {
 	if s.smOn {
 		ss.ResumeID, ss.Location, ss.Max = s.smID, s.smLoc, s.smMax
 		ss.Addr = s.addr.String()
-		ss.In, ss.Acked = s.in, s.out.AckedCount()
+		ss.In, ss.Acked = s.box.handled, s.out.AckedCount()
 	}
 	return ss
 }

@@ -121,9 +121,8 @@ func TestScriptedOutboxResumesAfterRestart(t *testing.T) {
 	h.c.Write(t, ackH(1))
 	h.c.Write(t, serverMessage("in1"))
 	h.c.Write(t, serverMessage("in2"))
-	h.c.Write(t, requestR)
-	expectAnswer(t, h.c, 2)
-	h.send("m4") // a commit after the ack and the inbound stanzas
+	answerReaches(t, h.c, 2) // committed first: the new process resumes from it
+	h.send("m4")             // a commit after the ack and the inbound stanzas
 	h.c.Stanzas(t, 1)
 	st := crash(t, h, store)
 
@@ -166,8 +165,7 @@ func TestScriptedOutboxResumesAfterRestart(t *testing.T) {
 	c2.Write(t, ackH(4))
 	waitState(t, stream.TokenAcked, toks...)
 	c2.Write(t, serverMessage("in3"))
-	c2.Write(t, requestR)
-	expectAnswer(t, c2, 3)
+	answerReaches(t, c2, 3)
 }
 
 // TestScriptedOutboxRestartRefused: when the server no longer holds the
@@ -329,4 +327,35 @@ func TestScriptedNewThenConnect(t *testing.T) {
 		t.Fatalf("Connect after Close: %v, want ErrClosed", err)
 	}
 	waitDone(t, s2)
+}
+
+// TestScriptedOutboxNoteKeepsWrittenAcrossRestart: a message an earlier
+// process wrote, which the server acknowledged (so it is no longer in the
+// log), is noted again by a new process that follows it for its outcome:
+// its record still says written, and when. A record saying not written
+// would have the next process send it again.
+func TestScriptedOutboxNoteKeepsWrittenAcrossRestart(t *testing.T) {
+	box := outbox.NewMemory()
+	sentAt := time.Now().Add(-time.Minute).Round(0)
+	if err := box.Commit(outbox.Changes{Messages: []outbox.Message{{Key: "m1", OriginID: "m1", To: "bob@example.test",
+		Kind: outbox.Chat, Stanza: []byte("<message/>"), State: "DELIVERED_TO_SERVER", Written: true, SentAt: sentAt}}}); err != nil {
+		t.Fatal(err)
+	}
+	h := start(t, func(c *stream.Config) { c.Outbox = box })
+	h.s.Note(outbox.Message{Key: "m1", OriginID: "m1", To: "bob@example.test", Kind: outbox.Chat, Stanza: []byte("<message/>"), State: "IN_TRANSIT"})
+	h.send("m2") // the note rides with this batch
+	h.c.Stanzas(t, 1)
+	st, err := box.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range st.Messages {
+		if m.Key == "m1" {
+			if m.State != "IN_TRANSIT" || !m.Written || !m.SentAt.Equal(sentAt) {
+				t.Fatalf("record of m1 after the note: %+v; want IN_TRANSIT, written at %v", m, sentAt)
+			}
+			return
+		}
+	}
+	t.Fatal("no record of m1")
 }

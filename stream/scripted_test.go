@@ -254,6 +254,19 @@ func (a *ackOrder) get() []string {
 	return slices.Clone(a.ids)
 }
 
+// wait returns the order once n tokens were seen acknowledged, or what it
+// has after waitFor: a token's state changes before its observers run.
+func (a *ackOrder) wait(n int) []string {
+	deadline := time.Now().Add(waitFor)
+	for {
+		got := a.get()
+		if len(got) >= n || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func waitDone(t *testing.T, s *stream.Stream) {
 	t.Helper()
 	select {
@@ -340,7 +353,7 @@ func TestScriptedAcks(t *testing.T) {
 	h.c.Write(t, "<a xmlns='urn:xmpp:sm:3' h='+04'/>")
 	waitState(t, stream.TokenAcked, toks[:4]...)
 	checkState(t, stream.TokenSent, toks[4:]...)
-	if got := order.get(); !slices.Equal(got, ids("m", 1, 4)) {
+	if got := order.wait(4); !slices.Equal(got, ids("m", 1, 4)) {
 		t.Fatalf("acknowledged in the order %v, want %v", got, ids("m", 1, 4))
 	}
 	if st := h.s.Stats(); st.Acked != 4 || st.Unacked != 6 {
@@ -349,7 +362,7 @@ func TestScriptedAcks(t *testing.T) {
 
 	h.c.Write(t, ackH(10))
 	waitState(t, stream.TokenAcked, toks...)
-	if got := order.get(); !slices.Equal(got, ids("m", 1, 10)) {
+	if got := order.wait(10); !slices.Equal(got, ids("m", 1, 10)) {
 		t.Fatalf("acknowledged in the order %v, want %v", got, ids("m", 1, 10))
 	}
 
@@ -494,7 +507,7 @@ func TestScriptedWrap(t *testing.T) {
 		waitState(t, stream.TokenAcked, toks[:st.acked]...)
 		checkState(t, stream.TokenSent, toks[st.acked:]...)
 	}
-	if got := order.get(); !slices.Equal(got, ids("w", 1, 20)) {
+	if got := order.wait(20); !slices.Equal(got, ids("w", 1, 20)) {
 		t.Fatalf("acknowledged in the order %v", got)
 	}
 	// The inbound count wraps too.
@@ -584,7 +597,7 @@ func TestScriptedResume(t *testing.T) {
 			c2.Write(t, ackH(13))
 			waitState(t, stream.TokenAcked, toks...)
 			waitState(t, stream.TokenAcked, later...)
-			if got := order.get(); !slices.Equal(got, ids("m", 1, 13)) {
+			if got := order.wait(13); !slices.Equal(got, ids("m", 1, 13)) {
 				t.Fatalf("acknowledged in the order %v", got)
 			}
 			// The inbound count goes on from where it was, with the stanza
@@ -1141,6 +1154,10 @@ func TestScriptedServerEndsStream(t *testing.T) {
 			waitState(t, stream.TokenAcked, toks[0])
 			ended := time.Now()
 			c.Write(t, tc.end)
+			// Close only once the client has read the end and ended its
+			// own stream: a close with its reply unread would be a reset,
+			// which could reach the client before the end it answers.
+			c.End(t)
 			c.Close()
 
 			c2 := h.srv.NextWithin(t, tc.pause+fakeserver.Timeout)
@@ -1278,7 +1295,7 @@ func TestScriptedSendIQ(t *testing.T) {
 			t.Fatalf("SendIQ(%s): %v", tc.id, r.err)
 		}
 		if r.el.Attr("id") != tc.id {
-			t.Fatalf("SendIQ(%s) returned %+v", tc.id, r.el.Start)
+			t.Fatalf("SendIQ(%s) returned %+v", tc.id, r.el)
 		}
 		se, isErr := r.el.Error()
 		if isErr != (tc.errCond != "") || (isErr && se.Condition != tc.errCond) {

@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/xml"
@@ -43,7 +44,7 @@ type Stream struct {
 	mu         sync.Mutex
 	queue      fifo // accepted, not yet written
 	out        sm.Outbound[*entry]
-	in         uint32        // inbound stanzas handled, mod 2^32
+	in         uint32        // inbound stanzas read, mod 2^32 (see outboxState.handled)
 	smOn       bool          // stream management is enabled on the session
 	smID       string        // resumption id, "" when not resumable
 	smMax      time.Duration // the server's max resumption time
@@ -229,8 +230,18 @@ func (s *Stream) HandleElement(f func(*Element)) (remove func()) {
 // f directly instead of going through HandleXMPP.
 type elementHandler struct{ f func(*Element) }
 
+// HandleXMPP serves f outside the stream (a mux, a test): the element is
+// written out and read back.
 func (h *elementHandler) HandleXMPP(r xmlstream.TokenReadEncoder, start *xml.StartElement) error {
-	el, err := readElement(r, *start)
+	var buf bytes.Buffer
+	e := xml.NewEncoder(&buf)
+	if _, err := xmlstream.Copy(e, xmlstream.MultiReader(xmlstream.Token(*start), r)); err != nil {
+		return err
+	}
+	if err := e.Flush(); err != nil {
+		return err
+	}
+	el, err := ParseElement(buf.Bytes())
 	if err != nil {
 		return err
 	}
@@ -621,7 +632,13 @@ func (s *Stream) reconnect(lost time.Time, resume bool, notResumed, cause error)
 			window = s.smMax
 		}
 		if resume && s.smOn && s.smID != "" && time.Since(lost) < window {
-			prev = &previous{id: s.smID, h: s.in, addr: s.addr}
+			// <resume h/> acknowledges too: with an outbox, no more than
+			// it holds as handled.
+			h := s.in
+			if s.box.store != nil {
+				h = s.box.in
+			}
+			prev = &previous{id: s.smID, h: h, addr: s.addr}
 		}
 		location := s.smLoc
 		s.mu.Unlock()
@@ -673,6 +690,11 @@ func (s *Stream) reconnect(lost time.Time, resume bool, notResumed, cause error)
 			notResumed = ErrConnectionLost
 		}
 		ev, settle := s.startSession(n, notResumed)
+		if n.resumed {
+			// The server sends again what follows prev.h: the stanzas
+			// read up to s.in are already dispatched.
+			c.skip = s.in - prev.h
+		}
 		s.stats.Connections++
 		at.Outcome = ev.Kind.String()
 		if n.refused != nil {
@@ -744,7 +766,7 @@ func (s *Stream) connect(ctx context.Context, prev *previous, dial func(context.
 	c := &conn{
 		nc:      n.sess.Conn(),
 		raw:     raw,
-		sess:    n.sess,
+		in:      newFramer(n.in, n.sess.In().XMLNS),
 		kick:    make(chan struct{}, 1),
 		dead:    make(chan struct{}),
 		pace:    sm.NewPacer(s.cfg.pacer(), time.Now(), n.rtt),
@@ -808,7 +830,7 @@ func (s *Stream) startSession(n *negotiated, notResumed error) (Event, func()) {
 		} else {
 			ev.Kind = EventConnected
 		}
-		s.in = 0
+		s.in, s.box.handled, s.box.in = 0, 0, 0
 		s.box.reset = s.box.store != nil
 		s.smOn, s.smID, s.smMax, s.smLoc = false, "", 0, ""
 		if n.enabled != nil {

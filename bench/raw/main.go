@@ -149,7 +149,9 @@ func login(ctx context.Context, o options) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	mechs := []sasl.Mechanism{sasl.ScramSha256Plus, sasl.ScramSha1Plus, sasl.ScramSha256, sasl.ScramSha1}
+	// No channel binding: mellium's -PLUS mechanisms fail against
+	// ejabberd 23.01 over TLS 1.3, and the login is not what is measured.
+	mechs := []sasl.Mechanism{sasl.ScramSha256, sasl.ScramSha1}
 	sess, err := xmpp.NewSession(ctx, o.account.Domain(), o.account, nc, 0, xmpp.NewNegotiator(
 		func(*xmpp.Session, *xmpp.StreamConfig) xmpp.StreamConfig {
 			return xmpp.StreamConfig{Features: []xmpp.StreamFeature{

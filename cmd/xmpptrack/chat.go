@@ -48,6 +48,11 @@ func parseChatFlags(args []string, stdout, stderr io.Writer) (chatOptions, error
 	send := addSendFlags(fs)
 	fs.Lookup("timeout").Usage = "per-message tracking timeout `DUR`: a message not delivered to the recipient by then is TIMED_OUT " +
 		"(with -wait seen, one delivered but not seen by then ends DELIVERED_TO_RECIPIENT)"
+	fs.Lookup("outbox").Usage = "keep the job durable in `FILE` (created if missing). Running the same command again after a crash " +
+		"(same -jid, -to, -n, -body, -wait) continues the job: every index is sent to the contact at most once (a resend " +
+		"reuses the same id and origin-id, and only a message our archive shows the server never took is sent again), the " +
+		"messages in flight are followed to their outcome (resumption of the old session, or our archive), and the rest are " +
+		"sent. A FILE that holds a different job is refused: a one-line error, exit status 2, FILE unchanged"
 	var (
 		to   = fs.String("to", "", "the addressee's `JID`, bare or full (required)")
 		wait = fs.String("wait", "delivered", "follow each message to `STATE`: delivered (DELIVERED_TO_RECIPIENT) or seen (SEEN_BY_RECIPIENT)")
@@ -82,7 +87,7 @@ func chatCommand(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if o.outbox != "" {
-		return usageError{"chat: -outbox is not supported by chat yet; use it with muc"}
+		return chatJob(o, stdout, stderr)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -92,14 +97,18 @@ func chatCommand(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer closeStream(s)
-	var opts []chat.ClientOption
+	c := chat.NewClient(s, chatClientOptions(o)...)
+	defer c.Close()
+	return track(ctx, o.sendOptions, run.Chat(c, o.to), s, namedSource{"chat", c}, stdout, stderr)
+}
+
+// chatClientOptions are the options of the chat client of a run.
+func chatClientOptions(o chatOptions) []chat.ClientOption {
 	if o.cfg.Goal == tracking.SeenByRecipient {
 		// Every message is forgotten at its outcome (SEEN_BY_RECIPIENT is
 		// final; the runner closes the rest at the timeout): no need to cap
 		// the delivered messages that wait for a displayed marker.
-		opts = append(opts, chat.WithUnseenLimit(0))
+		return []chat.ClientOption{chat.WithUnseenLimit(0)}
 	}
-	c := chat.NewClient(s, opts...)
-	defer c.Close()
-	return track(ctx, o.sendOptions, run.Chat(c, o.to), s, namedSource{"chat", c}, stdout, stderr)
+	return nil
 }

@@ -120,7 +120,7 @@ func (d *demo) run(ctx context.Context) error {
 	defer closeSession(bob)
 	aliceNick := d.alice.JID.Localpart()
 	bob.Stream.HandleElement(func(el *stream.Element) {
-		if el.Start.Name.Local == "message" && el.Attr("type") == "groupchat" &&
+		if el.Name().Local == "message" && el.Attr("type") == "groupchat" &&
 			el.Attr("from") == room.String()+"/"+aliceNick {
 			d.fromAlice.Add(1)
 		}
@@ -196,7 +196,7 @@ func (d *demo) showCrash(ctx context.Context, bob *run.Session) error {
 		var m struct {
 			Body string `xml:"body"`
 		}
-		if el.Start.Name.Local == "message" && el.Attr("type") == "groupchat" && el.Attr("from") == from && el.Decode(&m) == nil {
+		if el.Name().Local == "message" && el.Attr("type") == "groupchat" && el.Attr("from") == from && el.Decode(&m) == nil {
 			mu.Lock()
 			bodies[m.Body]++
 			mu.Unlock()

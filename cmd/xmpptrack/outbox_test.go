@@ -36,7 +36,7 @@ import (
 
 // watcher is an independent occupant of the room, connected straight to
 // the server, that counts the bodies the room really distributed from one
-// nick.
+// nick; or the contact of a chat job, counting what it received.
 type watcher struct {
 	mu     sync.Mutex
 	bodies map[string]int
@@ -58,7 +58,7 @@ func watchEvents(t *testing.T, srv servers.Server, user, password string, room j
 	}
 	w := &watcher{bodies: make(map[string]int)}
 	s.HandleElement(func(el *stream.Element) {
-		if el.Start.Name.Local != "message" || el.Attr("type") != "groupchat" {
+		if el.Name().Local != "message" || el.Attr("type") != "groupchat" {
 			return
 		}
 		from, err := jid.Parse(el.Attr("from"))
@@ -95,8 +95,8 @@ func watchEvents(t *testing.T, srv servers.Server, user, password string, room j
 	return w
 }
 
-// check waits until the room distributed every body of 0..n-1 and fails
-// unless each exactly once.
+// check waits until the room distributed (or the contact received) every
+// body of 0..n-1 and fails unless each exactly once.
 func (w *watcher) check(t *testing.T, body string, n int) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
@@ -123,7 +123,7 @@ func (w *watcher) check(t *testing.T, body string, n int) {
 		}
 	}
 	if len(missing) > 0 || len(twice) > 0 || len(w.bodies) != n {
-		t.Fatalf("the room distributed %d bodies; missing %d %.5q; more than once %d %.5q", len(w.bodies), len(missing), missing, len(twice), twice)
+		t.Fatalf("%d bodies arrived; missing %d %q; more than once %d %q", len(w.bodies), len(missing), missing[:min(5, len(missing))], len(twice), twice[:min(5, len(twice))])
 	}
 }
 
@@ -168,6 +168,13 @@ func jobLines(t *testing.T, r result, n int) (states map[int]string, earlier int
 // lines, then kills it with SIGKILL, as a crash would.
 func startKilled(t *testing.T, bin string, k int, args ...string) {
 	t.Helper()
+	killAfter(t, bin, k, nil, args...)
+}
+
+// killAfter is startKilled, with beforeKill (if not nil) called after the
+// k lines, before the kill.
+func killAfter(t *testing.T, bin string, k int, beforeKill func(), args ...string) {
+	t.Helper()
 	cmd := exec.Command(bin, args...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -185,10 +192,61 @@ func startKilled(t *testing.T, bin string, k int, args ...string) {
 			lines++
 		}
 	}
+	if beforeKill != nil && lines == k {
+		beforeKill()
+	}
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
 	if lines < k {
 		t.Fatalf("the first run ended after %d outcomes, before the kill\nstderr: %s", lines, stderr.String())
+	}
+}
+
+// continueJob runs again a job of n messages in file that an earlier run
+// left unfinished, and then again once finished: every index must end
+// DELIVERED_TO_RECIPIENT, some of them as established earlier, and then
+// all of them; received checks after each run what the recipient got.
+// The file must have mode 0600.
+func continueJob(t *testing.T, bin string, n int, file string, received func(t *testing.T), args ...string) {
+	t.Helper()
+	t0 := time.Now()
+	r := runCmd(t, bin, args...)
+	took := time.Since(t0)
+	if r.code != 0 {
+		var bad []string
+		for _, l := range strings.Split(r.stdout, "\n") {
+			if l != "" && !strings.Contains(l, "DELIVERED_TO_RECIPIENT") {
+				bad = append(bad, l)
+			}
+		}
+		t.Fatalf("second run: exit status %d\nstderr: %s\nlines short of delivery:\n%s", r.code, r.stderr, strings.Join(bad, "\n"))
+	}
+	states, earlier := jobLines(t, r, n)
+	for i, s := range states {
+		if s != "DELIVERED_TO_RECIPIENT" {
+			t.Errorf("index %d: %s", i, s)
+		}
+	}
+	t.Logf("second run (%v): %d outcomes earlier, the rest followed, decided or sent now", took.Round(time.Millisecond), earlier)
+	if earlier == 0 {
+		// The outcomes a run prints are recorded with its next commit
+		// (or within 200 ms): the last few before the kill may be
+		// established again, but not all of them.
+		t.Errorf("no outcome printed as earlier; the first run saw %d", n/3)
+	}
+	received(t)
+
+	// A finished job run again prints its lines and sends nothing.
+	again := runCmd(t, bin, args...)
+	if again.code != 0 {
+		t.Fatalf("finished job: exit status %d\nstderr: %s", again.code, again.stderr)
+	}
+	if _, earlier := jobLines(t, again, n); earlier != n {
+		t.Fatalf("finished job: %d of %d lines earlier", earlier, n)
+	}
+	received(t)
+	if info, err := os.Stat(file); err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("outbox file mode: %v, %v; want 0600", info, err)
 	}
 }
 
@@ -211,43 +269,7 @@ func TestOutboxSenderDies(t *testing.T) {
 			"-body", body, "-json", "-outbox", file}
 
 		startKilled(t, bin, n/3, args...)
-		r := runCmd(t, bin, args...)
-		if r.code != 0 {
-			var bad []string
-			for _, l := range strings.Split(r.stdout, "\n") {
-				if l != "" && !strings.Contains(l, "DELIVERED_TO_RECIPIENT") {
-					bad = append(bad, l)
-				}
-			}
-			t.Fatalf("second run: exit status %d\nstderr: %s\nlines short of delivery:\n%s", r.code, r.stderr, strings.Join(bad, "\n"))
-		}
-		states, earlier := jobLines(t, r, n)
-		for i, s := range states {
-			if s != "DELIVERED_TO_RECIPIENT" {
-				t.Errorf("index %d: %s", i, s)
-			}
-		}
-		t.Logf("second run: %d outcomes earlier, the rest followed, decided or sent now", earlier)
-		if earlier == 0 {
-			// The outcomes a run prints are recorded with its next commit
-			// (or within 200 ms): the last few before the kill may be
-			// established again, but not all of them.
-			t.Errorf("no outcome printed as earlier; the first run saw %d", n/3)
-		}
-		w.check(t, body, n)
-
-		// A finished job run again prints its lines and sends nothing.
-		again := runCmd(t, bin, args...)
-		if again.code != 0 {
-			t.Fatalf("finished job: exit status %d\nstderr: %s", again.code, again.stderr)
-		}
-		if _, earlier := jobLines(t, again, n); earlier != n {
-			t.Fatalf("finished job: %d of %d lines earlier", earlier, n)
-		}
-		w.check(t, body, n)
-		if info, err := os.Stat(file); err != nil || info.Mode().Perm() != 0o600 {
-			t.Fatalf("outbox file mode: %v, %v; want 0600", info, err)
-		}
+		continueJob(t, bin, n, file, func(t *testing.T) { w.check(t, body, n) }, args...)
 	})
 }
 
@@ -595,18 +617,55 @@ func TestOutboxRefusesBadFiles(t *testing.T) {
 	})
 	t.Run("another job", func(t *testing.T) {
 		file := filepath.Join(dir, "other.outbox")
-		s, err := boltstore.Open(file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.Commit(outbox.Changes{Meta: map[string]string{"job": "x", "command": "muc", "n": "7"}})
-		s.Close()
-		before, _ := os.ReadFile(file)
+		before := jobFile(t, file, map[string]string{"job": "x", "command": "muc", "n": "7"})
 		exit2(t, runCmd(t, bin, args(file)...), "holds another job")
 		unchanged(t, file, before)
 	})
-	t.Run("chat", func(t *testing.T) {
-		r := runCmd(t, bin, "chat", "-addr", "127.0.0.1:1", "-jid", "alice@localhost", "-password", "x", "-to", "bob@localhost", "-outbox", filepath.Join(dir, "chat.outbox"))
-		exit2(t, r, "-outbox")
-	})
+	// A chat job is refused the file of a muc job, or of a chat job to
+	// another contact, and the other way round. Each file is left by a
+	// first run of the job, which could not log in.
+	chatArgs := func(file, to string) []string {
+		return []string{"chat", "-addr", "127.0.0.1:1", "-jid", "alice@localhost", "-password", "x",
+			"-to", to, "-n", "3", "-outbox", file}
+	}
+	for _, tc := range []struct {
+		name        string
+		first, then []string
+	}{
+		{"chat, a muc job's file", args(filepath.Join(dir, "muc.outbox")), chatArgs(filepath.Join(dir, "muc.outbox"), "bob@localhost")},
+		{"chat to another contact", chatArgs(filepath.Join(dir, "carol.outbox"), "carol@localhost"), chatArgs(filepath.Join(dir, "carol.outbox"), "bob@localhost")},
+		{"muc, a chat job's file", chatArgs(filepath.Join(dir, "chat.outbox"), "bob@localhost"), args(filepath.Join(dir, "chat.outbox"))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			file := tc.first[len(tc.first)-1]
+			if r := runCmd(t, bin, tc.first...); r.code != 1 {
+				t.Fatalf("first run: exit status %d, want 1 (cannot log in); stderr %q", r.code, r.stderr)
+			}
+			before, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			exit2(t, runCmd(t, bin, tc.then...), "holds another job")
+			unchanged(t, file, before)
+		})
+	}
+}
+
+// jobFile makes an outbox file that holds the job meta describes, and
+// returns its bytes.
+func jobFile(t *testing.T, file string, meta map[string]string) []byte {
+	t.Helper()
+	s, err := boltstore.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit(outbox.Changes{Meta: meta}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

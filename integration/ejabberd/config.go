@@ -160,7 +160,7 @@ func (o Options) config(l layout) string {
 		w("    host: %s", yamlString(mucDomain))
 		w("    access_create: muc_create")
 		w("    default_room_options:")
-		w("      mam: true")
+		w("      mam: %t", !o.NoRoomArchive)
 	}
 	if o.ExtraConfig != "" {
 		w("# Options.ExtraConfig")

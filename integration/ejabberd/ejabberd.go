@@ -39,8 +39,6 @@ import (
 	"sync"
 	"time"
 
-	"mellium.im/xmpp/jid"
-
 	"github.com/xmpptrack/xmpptrack/integration/internal/serverkit"
 )
 
@@ -88,6 +86,10 @@ type Options struct {
 	// NoMUC leaves out the Multi-User Chat service.
 	NoMUC bool
 
+	// NoRoomArchive turns the rooms' archive (mod_mam for rooms) off: the
+	// reflections then carry no <stanza-id/>.
+	NoRoomArchive bool
+
 	// Offline loads mod_offline, which stores messages for users who are not
 	// online. Without it a chat or normal message to a bare JID with no
 	// available resource is bounced with service-unavailable.
@@ -114,6 +116,8 @@ type Options struct {
 
 // Server is a running ejabberd. Its methods are safe for concurrent use.
 type Server struct {
+	*serverkit.Accounts // Domain, MUCDomain, JID, Password
+
 	erl     string
 	erlLibs string
 	opts    Options
@@ -122,7 +126,6 @@ type Server struct {
 	api     *http.Client
 
 	mu      sync.Mutex
-	users   map[string]string  // normalized localpart -> password
 	proc    *serverkit.Process // nil while stopped
 	stopped bool
 }
@@ -180,12 +183,17 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	if _, err := opts.logLevel(); err != nil {
 		return nil, err
 	}
-	users, err := normalizeUsers(opts.Users)
+	muc := mucDomain
+	if opts.NoMUC {
+		muc = ""
+	}
+	accounts := serverkit.NewAccounts("ejabberd", domain, muc)
+	users, err := accounts.Normalize(opts.Users)
 	if err != nil {
 		return nil, err
 	}
 	for _, a := range opts.Admins {
-		if _, err := normalizeLocal(a); err != nil {
+		if _, err := accounts.NormalizeLocal(a); err != nil {
 			return nil, err
 		}
 	}
@@ -195,12 +203,12 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("ejabberd: creating directory: %w", err)
 	}
 	s := &Server{
-		erl:     erl,
-		erlLibs: libs,
-		opts:    opts,
-		layout:  layout{dir: dir},
-		users:   make(map[string]string),
-		api:     &http.Client{Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 4}},
+		Accounts: accounts,
+		erl:      erl,
+		erlLibs:  libs,
+		opts:     opts,
+		layout:   layout{dir: dir},
+		api:      &http.Client{Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 4}},
 	}
 	s.opts.Users = nil
 	fail := func(err error) (*Server, error) {
@@ -366,7 +374,7 @@ func (s *Server) register(ctx context.Context, users map[string]string) error {
 		if err != nil {
 			return fmt.Errorf("ejabberd: creating user %q: %w", local, err)
 		}
-		s.users[local] = pass
+		s.Set(map[string]string{local: pass})
 	}
 	return nil
 }
@@ -401,57 +409,15 @@ func (s *Server) call(ctx context.Context, command string, args map[string]strin
 	return fmt.Errorf("%s: HTTP %d: %s", command, resp.StatusCode, out)
 }
 
-// normalizeUsers checks every localpart and returns the users keyed by their
-// normalized localpart.
-func normalizeUsers(users map[string]string) (map[string]string, error) {
-	return serverkit.NormalizeUsers("ejabberd", domain, users)
-}
-
-// normalizeLocal returns the normalized form of a localpart on the server's
-// domain.
-func normalizeLocal(local string) (string, error) {
-	return serverkit.NormalizeLocal("ejabberd", domain, local)
-}
-
 // Addr returns the address clients connect to, "127.0.0.1:PORT".
 func (s *Server) Addr() string {
 	return serverkit.LoopbackAddr(s.layout.port)
 }
 
-// Domain returns the server's XMPP domain, "localhost".
-func (s *Server) Domain() string { return domain }
-
-// MUCDomain returns the domain of the Multi-User Chat service,
-// "conference.localhost", or "" when Options.NoMUC is set.
-func (s *Server) MUCDomain() string {
-	if s.opts.NoMUC {
-		return ""
-	}
-	return mucDomain
-}
-
-// JID returns the bare JID localpart@localhost.
-// It panics if localpart is not a valid localpart.
-func (s *Server) JID(localpart string) jid.JID {
-	return serverkit.JID("ejabberd", domain, localpart)
-}
-
-// Password returns the password of user localpart, or "" if there is no such
-// user.
-func (s *Server) Password(localpart string) string {
-	n, err := normalizeLocal(localpart)
-	if err != nil {
-		return ""
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.users[n]
-}
-
 // AddUsers creates accounts (localpart -> password), replacing the password of
 // any that exist. They can log in as soon as it returns.
 func (s *Server) AddUsers(ctx context.Context, users map[string]string) error {
-	n, err := normalizeUsers(users)
+	n, err := s.Normalize(users)
 	if err != nil {
 		return err
 	}

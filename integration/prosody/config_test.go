@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/xmpptrack/xmpptrack/integration/internal/serverkit"
 )
 
 // order fails t unless the snippets appear in s in the given order.
@@ -171,7 +173,7 @@ func TestPathEncode(t *testing.T) {
 }
 
 func TestNormalizeUsers(t *testing.T) {
-	u, err := normalizeUsers(map[string]string{"Alice": "x"})
+	u, err := serverkit.NewAccounts("prosody", domain, mucDomain).Normalize(map[string]string{"Alice": "x"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +186,7 @@ func TestNormalizeUsers(t *testing.T) {
 		{"bob": ""},              // empty password
 		{"bob": "x", "BOB": "y"}, // collision
 	} {
-		if _, err := normalizeUsers(bad); err == nil {
+		if _, err := serverkit.NewAccounts("prosody", domain, mucDomain).Normalize(bad); err == nil {
 			t.Errorf("%v accepted", bad)
 		}
 	}

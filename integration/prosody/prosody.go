@@ -28,8 +28,6 @@ import (
 	"sync"
 	"time"
 
-	"mellium.im/xmpp/jid"
-
 	"github.com/xmpptrack/xmpptrack/integration/internal/serverkit"
 )
 
@@ -110,13 +108,14 @@ type Options struct {
 
 // Server is a running Prosody. Its methods are safe for concurrent use.
 type Server struct {
+	*serverkit.Accounts // Domain, MUCDomain, JID, Password
+
 	bin    string
 	opts   Options
 	layout layout
 	ca     *x509.Certificate
 
 	mu      sync.Mutex
-	users   map[string]string  // normalized localpart -> password
 	proc    *serverkit.Process // nil while stopped
 	stopped bool
 }
@@ -159,7 +158,12 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	if _, err := opts.logLevel(); err != nil {
 		return nil, err
 	}
-	users, err := normalizeUsers(opts.Users)
+	muc := mucDomain
+	if opts.NoMUC {
+		muc = ""
+	}
+	accounts := serverkit.NewAccounts("prosody", domain, muc)
+	users, err := accounts.Normalize(opts.Users)
 	if err != nil {
 		return nil, err
 	}
@@ -169,10 +173,10 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("prosody: creating directory: %w", err)
 	}
 	s := &Server{
-		bin:    bin,
-		opts:   opts,
-		layout: layout{dir: dir},
-		users:  users,
+		Accounts: accounts,
+		bin:      bin,
+		opts:     opts,
+		layout:   layout{dir: dir},
 	}
 	s.opts.Users = nil
 	fail := func(err error) (*Server, error) {
@@ -191,6 +195,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	if err := writeAccounts(ctx, s.layout.path(dataDir), users); err != nil {
 		return fail(err)
 	}
+	accounts.Set(users)
 
 	for attempt := 1; ; attempt++ {
 		port, err := serverkit.FreePort()
@@ -314,40 +319,10 @@ func (s *Server) DirectTLSAddr() string {
 	return serverkit.LoopbackAddr(s.layout.directPort)
 }
 
-// Domain returns the server's XMPP domain, "localhost".
-func (s *Server) Domain() string { return domain }
-
-// MUCDomain returns the domain of the Multi-User Chat service,
-// "conference.localhost", or "" when Options.NoMUC is set.
-func (s *Server) MUCDomain() string {
-	if s.opts.NoMUC {
-		return ""
-	}
-	return mucDomain
-}
-
-// JID returns the bare JID localpart@localhost.
-// It panics if localpart is not a valid localpart.
-func (s *Server) JID(localpart string) jid.JID {
-	return serverkit.JID("prosody", domain, localpart)
-}
-
-// Password returns the password of user localpart, or "" if there is no such
-// user.
-func (s *Server) Password(localpart string) string {
-	n, err := normalizeLocal(localpart)
-	if err != nil {
-		return ""
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.users[n]
-}
-
 // AddUsers creates accounts (localpart -> password), replacing the password of
 // any that exist. They can log in as soon as it returns, without a restart.
 func (s *Server) AddUsers(ctx context.Context, users map[string]string) error {
-	n, err := normalizeUsers(users)
+	n, err := s.Normalize(users)
 	if err != nil {
 		return err
 	}
@@ -359,9 +334,7 @@ func (s *Server) AddUsers(ctx context.Context, users map[string]string) error {
 	if err := writeAccounts(ctx, s.layout.path(dataDir), n); err != nil {
 		return err
 	}
-	for k, v := range n {
-		s.users[k] = v
-	}
+	s.Set(n)
 	return nil
 }
 

@@ -16,8 +16,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-
-	"github.com/xmpptrack/xmpptrack/integration/internal/serverkit"
 )
 
 // iterationCount is the PBKDF2 iteration count of stored credentials: the
@@ -44,18 +42,6 @@ const iterationCount = 4096
 // nothing, so a file written by rename is used by the very next login, with
 // or without the server running. This costs about a millisecond of hashing a
 // password, instead of a prosodyctl process (tens of milliseconds) a user.
-
-// normalizeUsers checks every localpart and returns the users keyed by their
-// normalized localpart.
-func normalizeUsers(users map[string]string) (map[string]string, error) {
-	return serverkit.NormalizeUsers("prosody", domain, users)
-}
-
-// normalizeLocal returns the normalized form of a localpart on the server's
-// domain.
-func normalizeLocal(local string) (string, error) {
-	return serverkit.NormalizeLocal("prosody", domain, local)
-}
 
 // credentials are the stored SCRAM-SHA-1 credentials of a password.
 type credentials struct {

@@ -4,10 +4,6 @@
 package elementtest
 
 import (
-	"bytes"
-	"encoding/xml"
-	"errors"
-	"io"
 	"runtime"
 	"strings"
 	"time"
@@ -18,37 +14,7 @@ import (
 // Parse reads the first element of b, start to end, as the stream's reader
 // would. It returns an error when b holds no complete element.
 func Parse(b []byte) (*stream.Element, error) {
-	d := xml.NewDecoder(bytes.NewReader(b))
-	var el *stream.Element
-	depth := 0
-	for {
-		tok, err := d.Token()
-		if err != nil {
-			if err == io.EOF {
-				err = errors.New("elementtest: no complete element")
-			}
-			return nil, err
-		}
-		if el == nil {
-			start, ok := tok.(xml.StartElement)
-			if !ok {
-				continue
-			}
-			el = &stream.Element{Start: start.Copy()}
-			depth = 1
-			continue
-		}
-		switch tok.(type) {
-		case xml.StartElement:
-			depth++
-		case xml.EndElement:
-			depth--
-		}
-		el.Inner = append(el.Inner, xml.CopyToken(tok))
-		if depth == 0 {
-			return el, nil
-		}
-	}
+	return stream.ParseElement(b)
 }
 
 // Goroutines returns the stacks of the running goroutines that were

@@ -20,7 +20,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"encoding/xml"
 	"errors"
 	"flag"
 	"fmt"
@@ -185,17 +184,10 @@ func newCounter(n int) *counter {
 // element is the stream's handler: it runs on the stream's callback
 // goroutine for every inbound stanza.
 func (c *counter) element(e *stream.Element) {
-	if e.Start.Name.Local != "message" || e.Attr("type") != "groupchat" {
+	if e.Name().Local != "message" || e.Attr("type") != "groupchat" {
 		return
 	}
-	body := false
-	for _, t := range e.Inner {
-		if se, ok := t.(xml.StartElement); ok && se.Name.Local == "body" {
-			body = true
-			break
-		}
-	}
-	if !body {
+	if _, body := e.Child(e.Name().Space, "body"); !body {
 		return
 	}
 	now := time.Now()

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/xml"
 	"testing"
 	"time"
 
@@ -12,20 +11,24 @@ import (
 // that wait returns once n have arrived.
 func TestCounter(t *testing.T) {
 	msg := func(typ string, body bool) *stream.Element {
-		e := &stream.Element{Start: xml.StartElement{
-			Name: xml.Name{Space: "jabber:client", Local: "message"},
-			Attr: []xml.Attr{{Name: xml.Name{Local: "type"}, Value: typ}},
-		}}
+		s := "<message xmlns='jabber:client' type='" + typ + "'>"
 		if body {
-			e.Inner = append(e.Inner, xml.StartElement{Name: xml.Name{Local: "body"}}, xml.CharData("hi"), xml.EndElement{Name: xml.Name{Local: "body"}})
+			s += "<body>hi</body>"
 		}
-		e.Inner = append(e.Inner, xml.EndElement{Name: e.Start.Name})
+		e, err := stream.ParseElement([]byte(s + "</message>"))
+		if err != nil {
+			t.Fatal(err)
+		}
 		return e
+	}
+	presence, err := stream.ParseElement([]byte("<presence/>"))
+	if err != nil {
+		t.Fatal(err)
 	}
 	c := newCounter(2)
 	c.element(msg("groupchat", false)) // the subject, say
 	c.element(msg("chat", true))
-	c.element(&stream.Element{Start: xml.StartElement{Name: xml.Name{Local: "presence"}}})
+	c.element(presence)
 	c.element(msg("groupchat", true))
 	if got, _, _ := c.wait(10 * time.Millisecond); got != 1 {
 		t.Fatalf("counted %d, want 1", got)

@@ -5,55 +5,103 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"maps"
 	"net"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
 	"mellium.im/xmpp/jid"
 )
 
-// NormalizeUsers checks every localpart of users on domain and returns the
-// users keyed by their normalized localpart. server names the harness in
-// errors.
-func NormalizeUsers(server, domain string, users map[string]string) (map[string]string, error) {
+// Accounts is what a harness knows of its server's names and accounts: the
+// domain, the Multi-User Chat service, and each user's password. A harness's
+// Server embeds it, which gives it Domain, MUCDomain, JID and Password. Its
+// methods are safe for concurrent use.
+type Accounts struct {
+	server    string // the harness's name, for errors: "prosody"
+	domain    string
+	mucDomain string
+
+	mu    sync.Mutex        // guards users
+	users map[string]string // normalized localpart -> password
+}
+
+// NewAccounts returns the accounts of the harness server (named in errors)
+// on domain, with no users yet. mucDomain is "" when the server has no
+// Multi-User Chat service.
+func NewAccounts(server, domain, mucDomain string) *Accounts {
+	return &Accounts{server: server, domain: domain, mucDomain: mucDomain, users: make(map[string]string)}
+}
+
+// Domain returns the server's XMPP domain.
+func (a *Accounts) Domain() string { return a.domain }
+
+// MUCDomain returns the domain of the Multi-User Chat service, or "" when
+// the server has none.
+func (a *Accounts) MUCDomain() string { return a.mucDomain }
+
+// JID returns the bare JID localpart@domain. It panics if localpart is not
+// a valid localpart.
+func (a *Accounts) JID(localpart string) jid.JID {
+	j, err := jid.New(localpart, a.domain, "")
+	if err != nil {
+		panic(fmt.Sprintf("%s: invalid localpart %q: %v", a.server, localpart, err))
+	}
+	return j
+}
+
+// Password returns the password of user localpart, or "" if there is no
+// such user.
+func (a *Accounts) Password(localpart string) string {
+	n, err := a.NormalizeLocal(localpart)
+	if err != nil {
+		return ""
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.users[n]
+}
+
+// Set records users (normalized localpart -> password, as Normalize returns
+// them) once the server has them, replacing the passwords of those known.
+func (a *Accounts) Set(users map[string]string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	maps.Copy(a.users, users)
+}
+
+// Normalize checks every localpart of users and returns the users keyed by
+// their normalized localpart.
+func (a *Accounts) Normalize(users map[string]string) (map[string]string, error) {
 	out := make(map[string]string, len(users))
 	for local, pass := range users {
-		n, err := NormalizeLocal(server, domain, local)
+		n, err := a.NormalizeLocal(local)
 		if err != nil {
 			return nil, err
 		}
 		if pass == "" {
-			return nil, fmt.Errorf("%s: user %q has an empty password", server, local)
+			return nil, fmt.Errorf("%s: user %q has an empty password", a.server, local)
 		}
 		if _, dup := out[n]; dup {
-			return nil, fmt.Errorf("%s: users %q collide after normalization", server, n)
+			return nil, fmt.Errorf("%s: users %q collide after normalization", a.server, n)
 		}
 		out[n] = pass
 	}
 	return out, nil
 }
 
-// NormalizeLocal returns the normalized form of a localpart on domain.
-func NormalizeLocal(server, domain, local string) (string, error) {
+// NormalizeLocal returns the normalized form of a localpart on the domain.
+func (a *Accounts) NormalizeLocal(local string) (string, error) {
 	if local == "" {
-		return "", fmt.Errorf("%s: empty localpart", server)
+		return "", fmt.Errorf("%s: empty localpart", a.server)
 	}
-	j, err := jid.New(local, domain, "")
+	j, err := jid.New(local, a.domain, "")
 	if err != nil {
-		return "", fmt.Errorf("%s: invalid localpart %q: %w", server, local, err)
+		return "", fmt.Errorf("%s: invalid localpart %q: %w", a.server, local, err)
 	}
 	return j.Localpart(), nil
-}
-
-// JID returns the bare JID localpart@domain; it panics if localpart is not
-// a valid localpart.
-func JID(server, domain, localpart string) jid.JID {
-	j, err := jid.New(localpart, domain, "")
-	if err != nil {
-		panic(fmt.Sprintf("%s: invalid localpart %q: %v", server, localpart, err))
-	}
-	return j
 }
 
 // LoopbackAddr returns "127.0.0.1:port".

@@ -128,7 +128,7 @@ func (r *Responder) streamEvent(ev stream.Event) {
 // marked displayed. It runs on the stream's reader goroutine and never
 // blocks.
 func (r *Responder) handle(el *stream.Element) {
-	if el.Start.Name.Local != "message" {
+	if el.Name().Local != "message" {
 		return
 	}
 	switch el.Attr("type") {
@@ -139,7 +139,7 @@ func (r *Responder) handle(el *stream.Element) {
 	if id == "" || from == "" {
 		return
 	}
-	body, markable := children(el.Inner)
+	body, markable := children(el.Tokens())
 	if !body {
 		return
 	}
