@@ -153,8 +153,8 @@ func (t *StanzaToken) Err() error {
 // never concurrently with itself and never with the token's lock held.
 func (t *StanzaToken) Observe(f func(TokenChange)) {
 	t.mu.Lock()
-	if t.obs.Settled == nil {
-		t.obs.Settled = t.settleLocked
+	if t.obs.Settler == nil {
+		t.obs.Settler = (*tokenSettler)(t)
 	}
 	run := t.obs.Subscribe(f, TokenChange{State: t.state, Err: t.err})
 	t.mu.Unlock()
@@ -188,6 +188,11 @@ func (t *StanzaToken) settleLocked(c TokenChange) {
 		}
 	}
 }
+
+// tokenSettler is a StanzaToken as the notify.Settler of its observers.
+type tokenSettler StanzaToken
+
+func (t *tokenSettler) Settled(c TokenChange) { (*StanzaToken)(t).settleLocked(c) }
 
 // Wait blocks until the token reaches a final state or ctx ends, and returns
 // the state it is in then. The error is ctx's when ctx ended first, otherwise
@@ -237,7 +242,7 @@ func (t *StanzaToken) change(from, to TokenState, err error) (moved, deliver boo
 	t.state = to
 	t.err = err
 	c := TokenChange{State: to, Err: err}
-	if t.obs.Settled == nil {
+	if t.obs.Settler == nil {
 		t.settleLocked(c) // nobody observes: settled at once
 	}
 	deliver = t.obs.Emit(c)

@@ -71,9 +71,9 @@ type MessageTracker struct {
 	// history holds every change, in order. Entries are never modified once
 	// appended, so observers are handed sub-slices of it without copying.
 	history []Change
-	obs     *notify.Serial[[]Change] // made by the first OnChange
-	done    chan struct{}            // made by Done, closed at a final state
-	changed chan struct{}            // made by Wait, closed and cleared at every change
+	obs     notify.Serial[[]Change] // its Settler is set by the first OnChange
+	done    chan struct{}           // made by Done, closed at a final state
+	changed chan struct{}           // made by Wait, closed and cleared at every change
 }
 
 // Option configures a MessageTracker created by NewMessageTracker.
@@ -99,6 +99,11 @@ func (t *MessageTracker) settleLocked(cs []Change) {
 		close(t.done)
 	}
 }
+
+// settler is a MessageTracker as the notify.Settler of its observers.
+type settler MessageTracker
+
+func (t *settler) Settled(cs []Change) { (*MessageTracker)(t).settleLocked(cs) }
 
 // settledOver reports whether every observer knows that tracking has ended.
 // Called with t.mu held.
@@ -206,11 +211,11 @@ func (t *MessageTracker) Close() error {
 	t.ended, t.endedAt = true, time.Now()
 	end := []Change{t.endChange()}
 	var a after
-	if t.obs == nil {
+	if t.obs.Settler == nil {
 		t.settleLocked(end)
 	} else {
 		if t.obs.Emit(end) {
-			a.obs = t.obs
+			a.obs = &t.obs
 		}
 		t.obs.Drop()
 	}
@@ -288,13 +293,13 @@ func (t *MessageTracker) move(to MessageState, r *Response) (after, error) {
 	if to.IsFinal() && t.tok != nil {
 		a.abort, t.tok = t.tok, nil
 	}
-	if t.obs == nil {
+	if t.obs.Settler == nil {
 		t.settleLocked(t.history[len(t.history)-1:])
 		return a, nil
 	}
 	n := len(t.history)
 	if t.obs.Emit(t.history[n-1 : n : n]) {
-		a.obs = t.obs
+		a.obs = &t.obs
 	}
 	if to.IsFinal() {
 		t.obs.Drop()
@@ -318,8 +323,8 @@ func (t *MessageTracker) OnChange(f func(Change)) {
 		}
 	}
 	t.mu.Lock()
-	if t.obs == nil {
-		t.obs = &notify.Serial[[]Change]{Settled: t.settleLocked}
+	if t.obs.Settler == nil {
+		t.obs.Settler = (*settler)(t)
 	}
 	n := len(t.history)
 	replay := t.history[:n:n]
@@ -330,10 +335,9 @@ func (t *MessageTracker) OnChange(f func(Change)) {
 	if t.state.IsFinal() || t.ended {
 		t.obs.Drop()
 	}
-	obs := t.obs
 	t.mu.Unlock()
 	if run {
-		obs.Deliver(&t.mu)
+		t.obs.Deliver(&t.mu)
 	}
 }
 

@@ -11,7 +11,7 @@
 // change (for example by closing a tracker from its callback) does not recurse:
 // the new event is queued and delivered by the loop that is already running.
 //
-// Settled lets the owner learn, with its lock held, when every observer has
+// A Settler lets the owner learn, with its lock held, when every observer has
 // seen an event: owners wake their waiters (Wait, Done) there, so that a
 // waiter never runs ahead of the observers.
 package notify
@@ -21,16 +21,22 @@ import "sync"
 // Serial queues events for a set of observers. Its zero value is ready to use.
 // Every method must be called with the owner's lock held, except Deliver.
 type Serial[E any] struct {
-	// Settled, if set, is called with the owner's lock held once every
+	// Settler, if set, is told with the owner's lock held once every
 	// observer has seen an emitted event, in the order of Emit: by Emit
 	// itself when there is nobody to tell and nothing queued, otherwise by
-	// Deliver.
-	Settled func(E)
+	// Deliver. An interface rather than a func, so that an owner can be its
+	// own Settler without a closure to allocate.
+	Settler Settler[E]
 
 	observers []func(E)
 	pending   []delivery[E]
 	head      int
 	running   bool
+}
+
+// A Settler learns that every observer has seen an event (see Serial).
+type Settler[E any] interface {
+	Settled(E)
 }
 
 type delivery[E any] struct {
@@ -46,8 +52,8 @@ func (s *Serial[E]) Len() int { return len(s.observers) }
 // caller must call Deliver after releasing its lock.
 func (s *Serial[E]) Emit(e E) bool {
 	if len(s.observers) == 0 && !s.running {
-		if s.Settled != nil {
-			s.Settled(e)
+		if s.Settler != nil {
+			s.Settler.Settled(e)
 		}
 		return false
 	}
@@ -87,8 +93,8 @@ func (s *Serial[E]) Deliver(mu sync.Locker) {
 	var done delivery[E] // delivered, not yet settled
 	for {
 		mu.Lock()
-		if done.settle && s.Settled != nil {
-			s.Settled(done.event)
+		if done.settle && s.Settler != nil {
+			s.Settler.Settled(done.event)
 		}
 		done = delivery[E]{}
 		if s.head == len(s.pending) {
