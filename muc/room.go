@@ -727,11 +727,7 @@ func (r *Room) SendTrackedMessage(ctx context.Context, body string, opts ...Send
 	if !xstanza.ValidText(body) {
 		return nil, fmt.Errorf("muc: send to %s: %w", r.key, ErrInvalidText)
 	}
-	b := make([]byte, 0, 160+len(body)+len(r.key))
-	b = append(b, "<body>"...)
-	b = xstanza.AppendEscaped(b, body)
-	b = append(b, "</body>"...)
-	return r.send(ctx, b, opts)
+	return r.send(ctx, body, nil, opts)
 }
 
 // SendTrackedPayload sends a groupchat message whose content is payload (a
@@ -743,7 +739,7 @@ func (r *Room) SendTrackedPayload(ctx context.Context, payload xml.TokenReader, 
 	if err != nil {
 		return nil, fmt.Errorf("muc: payload: %w", err)
 	}
-	return r.send(ctx, b, opts)
+	return r.send(ctx, "", b, opts)
 }
 
 // encodePayload serialises the tokens of payload.
@@ -770,7 +766,9 @@ func encodePayload(payload xml.TokenReader) ([]byte, error) {
 	return buf, nil
 }
 
-func (r *Room) send(ctx context.Context, content []byte, opts []SendOption) (tr *tracking.MessageTracker, err error) {
+// send sends a groupchat message whose content is payload, or, if payload is
+// nil, a body of text.
+func (r *Room) send(ctx context.Context, text string, payload []byte, opts []SendOption) (tr *tracking.MessageTracker, err error) {
 	sent := time.Now()
 	defer func() {
 		if tr != nil {
@@ -788,13 +786,20 @@ func (r *Room) send(ctx context.Context, content []byte, opts []SendOption) (tr 
 		}
 		id, originID = cfg.id, cfg.originID
 	}
-	b := make([]byte, 0, 128+len(content)+len(r.key))
+	// Text grows by an escape at most 6 times; most has none.
+	b := make([]byte, 0, 128+len(r.key)+len(id)+len(originID)+len(payload)+len(text)+len(text)/8)
 	b = append(b, "<message type='groupchat' to='"...)
 	b = xstanza.AppendEscaped(b, r.key)
 	b = append(b, "' id='"...)
 	b = xstanza.AppendEscaped(b, id)
 	b = append(b, "'>"...)
-	b = append(b, content...)
+	if payload != nil {
+		b = append(b, payload...)
+	} else {
+		b = append(b, "<body>"...)
+		b = xstanza.AppendEscaped(b, text)
+		b = append(b, "</body>"...)
+	}
 	b = append(b, "<origin-id xmlns='urn:xmpp:sid:0' id='"...)
 	b = xstanza.AppendEscaped(b, originID)
 	b = append(b, "'/></message>"...)
