@@ -120,6 +120,7 @@ func New(cfg Config) (*Stream, error) {
 		ended:   make(chan struct{}),
 		done:    make(chan struct{}),
 	}
+	s.cb.linger = callbackLinger
 	s.base, s.cancel = context.WithCancel(context.Background())
 	if cfg.Outbox != nil {
 		s.box.store = cfg.Outbox
