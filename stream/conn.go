@@ -545,16 +545,17 @@ func (s *Stream) handle(el *Element) {
 	var w *replyWriter // for the handlers of tokens, made for the first
 	claimed := false
 	for _, h := range handlers {
-		if eh, ok := h.h.(*elementHandler); ok {
-			eh.f(el)
-			continue
-		}
-		if w == nil {
-			w = &replyWriter{s: s, id: id}
-		}
-		start, err := el.Start()
-		if err == nil {
-			err = h.h.HandleXMPP(readEncoder{el.InnerReader(), w}, &start)
+		var err error
+		if eh, ok := h.h.(ElementHandler); ok {
+			err = eh.HandleElement(el)
+		} else {
+			if w == nil {
+				w = &replyWriter{s: s, id: id}
+			}
+			var start xml.StartElement
+			if start, err = el.Start(); err == nil {
+				err = h.h.HandleXMPP(readEncoder{el.InnerReader(), w}, &start)
+			}
 		}
 		switch {
 		case errors.Is(err, ErrAnswerLater):
