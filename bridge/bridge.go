@@ -38,6 +38,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 
 	"mellium.im/xmlstream"
@@ -68,6 +69,8 @@ type Bridge struct {
 	remove []func()
 	pumped chan struct{} // closed when the pump has ended
 
+	only func(*stream.Element) bool // which inbound stanzas mellium sees; nil: all
+
 	mu      sync.Mutex            // guards pending and closed
 	pending map[string]*pendingIQ // IQ requests mellium sent, awaiting their reply
 	closed  bool
@@ -79,15 +82,32 @@ type pendingIQ struct {
 	tok *stream.StanzaToken
 }
 
+// An Option configures a Bridge.
+type Option func(*Bridge)
+
+// Only hands mellium only the inbound stanzas for which keep returns true
+// (it runs on the stream's callback goroutine, and must not keep el's
+// reader busy). Replies to the IQ requests mellium sent always reach it.
+// Mellium parses every stanza it is handed again: a program that needs
+// little of what the server sends (an archive query among a busy room's
+// traffic) saves that work. An IQ get or set that mellium is not handed is
+// answered by the stream (see stream.Stream.Handle).
+func Only(keep func(el *stream.Element) bool) Option {
+	return func(b *Bridge) { b.only = keep }
+}
+
 // New returns a Bridge over s. Its Session is ready to use: serve it with
 // Session.Serve, as a mellium program does, so that inbound stanzas reach
 // mellium's handlers and replies reach its SendIQ calls.
-func New(s *stream.Stream) (*Bridge, error) {
+func New(s *stream.Stream, opts ...Option) (*Bridge, error) {
 	b := &Bridge{
 		s:       s,
 		conn:    newPipeConn(),
 		pumped:  make(chan struct{}),
 		pending: make(map[string]*pendingIQ),
+	}
+	for _, o := range opts {
+		o(b)
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	addr := s.Addr()
@@ -132,38 +152,108 @@ func (b *Bridge) Close() error {
 }
 
 // inbound is the bridge's stream handler: it hands every inbound stanza to
-// mellium, and leaves IQ requests for mellium to answer.
+// mellium (those Only keeps), and leaves IQ requests for mellium to answer.
 type inbound struct{ b *Bridge }
 
-func (h inbound) HandleXMPP(r xmlstream.TokenReadEncoder, start *xml.StartElement) error {
-	typ := xstanza.Attr(*start, "type")
-	isIQ := start.Name.Local == "iq"
-	if isIQ && (typ == "result" || typ == "error") {
+// HandleElement hands el to mellium: its bytes as the server sent them, with
+// the default namespace declared on the stanza (mellium's side of the pipe
+// has no stream header to inherit it from).
+func (h inbound) HandleElement(el *stream.Element) error {
+	name := el.Name().Local
+	typ := el.Attr("type")
+	reply := name == "iq" && (typ == "result" || typ == "error")
+	if reply {
 		h.b.mu.Lock()
-		delete(h.b.pending, xstanza.Attr(*start, "id"))
+		_, mine := h.b.pending[el.Attr("id")]
+		delete(h.b.pending, el.Attr("id"))
 		h.b.mu.Unlock()
+		reply = mine
 	}
+	if !reply && h.b.only != nil && !h.b.only(el) {
+		return nil
+	}
+	b, ok := withDefaultNS(el)
+	if !ok {
+		var err error
+		if b, err = encode(el.Reader()); err != nil {
+			return err
+		}
+	}
+	h.b.conn.deliver(b)
+	if name == "iq" && (typ == "get" || typ == "set") {
+		return stream.ErrAnswerLater // mellium answers it, or Serve does
+	}
+	return nil
+}
+
+// withDefaultNS returns el's bytes with its default namespace declared on
+// its start tag, or false when el is not a plain stanza whose bytes can be
+// handed on so (a prefixed name, a prefix declared around it).
+func withDefaultNS(el *stream.Element) ([]byte, bool) {
+	raw := el.String()
+	local := el.Name().Local
+	if strings.Contains(raw, "stream:") || len(raw) < len(local)+2 || raw[1:1+len(local)] != local {
+		return nil, false
+	}
+	rest := raw[1+len(local):]
+	end := strings.IndexByte(rest, '>')
+	if end < 0 || rest[0] != ' ' && rest[0] != '>' && rest[0] != '/' && rest[0] != '\t' && rest[0] != '\n' && rest[0] != '\r' {
+		return nil, false
+	}
+	if strings.Contains(rest[:end], "xmlns=") {
+		return []byte(raw), true
+	}
+	ns := el.Name().Space
+	if strings.ContainsAny(ns, "'&<") {
+		return nil, false
+	}
+	b := make([]byte, 0, len(raw)+len(ns)+10)
+	b = append(b, raw[:1+len(local)]...)
+	b = append(b, " xmlns='"...)
+	b = append(b, ns...)
+	b = append(b, '\'')
+	b = append(b, rest...)
+	return b, true
+}
+
+// HandleXMPP hands the stanza read from r to mellium, for a caller that
+// does not use HandleElement.
+func (h inbound) HandleXMPP(r xmlstream.TokenReadEncoder, start *xml.StartElement) error {
+	b, err := encode(xmlstream.MultiReader(xmlstream.Token(*start), r))
+	if err != nil {
+		return err
+	}
+	el, err := stream.ParseElement(b)
+	if err != nil {
+		return err
+	}
+	return h.HandleElement(el)
+}
+
+// encode writes out the element that r reads, its namespace declared as
+// encoding/xml does (once, on the element that needs it).
+func encode(r xml.TokenReader) ([]byte, error) {
 	var buf bytes.Buffer
 	enc := xml.NewEncoder(&buf)
-	for tok, err := xml.Token(*start), error(nil); err != io.EOF; tok, err = r.Token() {
+	for {
+		tok, err := r.Token()
+		if err == io.EOF {
+			break
+		}
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if s, ok := tok.(xml.StartElement); ok {
 			tok = xstanza.WithoutNSDecls(s)
 		}
 		if err := enc.EncodeToken(tok); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if err := enc.Flush(); err != nil {
-		return err
+		return nil, err
 	}
-	h.b.conn.deliver(buf.Bytes())
-	if isIQ && (typ == "get" || typ == "set") {
-		return stream.ErrAnswerLater // mellium answers it, or Serve does
-	}
-	return nil
+	return buf.Bytes(), nil
 }
 
 // event fails the requests whose replies the stream can no longer bring.

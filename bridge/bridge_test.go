@@ -17,6 +17,7 @@ import (
 
 	"mellium.im/sasl"
 	"mellium.im/xmlstream"
+	"mellium.im/xmpp"
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/mux"
 	"mellium.im/xmpp/ping"
@@ -30,7 +31,13 @@ import (
 
 // setup dials a scripted server (stream management on, id S1), bridges the
 // stream and serves the mellium session with a mux that answers pings.
-func setup(t *testing.T) (*fakeserver.Server, *fakeserver.Conn, *stream.Stream, *bridge.Bridge) {
+func setup(t *testing.T, opts ...bridge.Option) (*fakeserver.Server, *fakeserver.Conn, *stream.Stream, *bridge.Bridge) {
+	t.Helper()
+	return setupServing(t, mux.New(stanza.NSClient, ping.Handle()), opts...)
+}
+
+// setupServing is setup with h serving the mellium session.
+func setupServing(t *testing.T, h xmpp.Handler, opts ...bridge.Option) (*fakeserver.Server, *fakeserver.Conn, *stream.Stream, *bridge.Bridge) {
 	t.Helper()
 	srv := fakeserver.New(t)
 	type result struct {
@@ -57,12 +64,12 @@ func setup(t *testing.T) (*fakeserver.Server, *fakeserver.Conn, *stream.Stream, 
 	if r.err != nil {
 		t.Fatal(r.err)
 	}
-	b, err := bridge.New(r.s)
+	b, err := bridge.New(r.s, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	served := make(chan error, 1)
-	go func() { served <- b.Session().Serve(mux.New(stanza.NSClient, ping.Handle())) }()
+	go func() { served <- b.Session().Serve(h) }()
 	t.Cleanup(func() {
 		b.Close()
 		select {
@@ -257,5 +264,62 @@ func TestBridgeClose(t *testing.T) {
 	}
 	if got := nextStanza(t, c); got.Attr("id") != tok.ID() {
 		t.Fatalf("stream wrote %s after the bridge closed, want its own message", got)
+	}
+}
+
+// TestBridgeHandsStanzasAsSent: mellium gets each inbound stanza in its
+// namespace, whether the bridge hands on the server's bytes (a plain
+// stanza) or writes it out again (one that names the stream's prefix), and
+// with Only, just what it keeps, besides the replies to its own requests.
+func TestBridgeHandsStanzasAsSent(t *testing.T) {
+	type seen struct {
+		name xml.Name
+		id   string
+	}
+	got := make(chan seen, 16)
+	serve := xmpp.HandlerFunc(func(r xmlstream.TokenReadEncoder, start *xml.StartElement) error {
+		got <- seen{start.Name, attr(*start, "id")}
+		return nil
+	})
+	keep := func(el *stream.Element) bool { return !strings.HasPrefix(el.Attr("id"), "drop") }
+	_, c, _, b := setupServing(t, serve, bridge.Only(keep))
+
+	c.Write(t, "<message from='a@example.test/r' id='drop1'><body>not for mellium</body></message>")
+	c.Write(t, "<message from='a@example.test/r' id='plain'><body>hello</body></message>")
+	c.Write(t, "<message from='a@example.test/r' id='prefixed'><body>stream:features</body></message>")
+	c.Write(t, "<message xmlns='jabber:client' from='a@example.test/r' id='declared'/>")
+	for _, want := range []string{"plain", "prefixed", "declared"} {
+		select {
+		case s := <-got:
+			if s.id != want || s.name != (xml.Name{Space: stanza.NSClient, Local: "message"}) {
+				t.Fatalf("mellium got %v id %q, want a message in %s with id %q", s.name, s.id, stanza.NSClient, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("mellium never got %q", want)
+		}
+	}
+
+	// An IQ request mellium is not handed is answered by the stream.
+	c.Write(t, "<iq type='get' from='example.test' id='drop-q'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+	if el := nextStanza(t, c); el.Attr("id") != "drop-q" || el.Attr("type") != "error" {
+		t.Fatalf("the IQ no one was handed got %s, want an error reply", el)
+	}
+
+	// The reply to mellium's own request reaches it, kept or not.
+	out := sendIQ(b, "example.test")
+	req := nextStanza(t, c)
+	c.Write(t, fmt.Sprintf("<iq type='result' from='example.test' id='%s'/>", req.Attr("id")))
+	select {
+	case r := <-out:
+		if err, ok := r.(error); ok {
+			t.Fatalf("SendIQ: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("mellium's SendIQ never got its reply")
+	}
+	select {
+	case s := <-got:
+		t.Fatalf("mellium got %v id %q, which Only dropped", s.name, s.id)
+	default:
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"mellium.im/xmpp/stanza"
 
 	xstanza "github.com/xmpptrack/xmpptrack/stanza"
+	"github.com/xmpptrack/xmpptrack/stream"
 )
 
 // Handle returns the mux option that routes the archive's results
@@ -303,4 +304,16 @@ func queryError(ctx context.Context, err error, timeout time.Duration) error {
 		return fmt.Errorf("stopped: %w", ctx.Err())
 	}
 	return err
+}
+
+// Results reports whether el is one of an archive's results: the only
+// inbound stanzas, besides the replies to its queries, that a Reconciler
+// reads. Give it to bridge.Only so that a busy stream hands the
+// reconciler's session nothing else.
+func Results(el *stream.Element) bool {
+	if el.Name().Local != "message" {
+		return false
+	}
+	_, ok := el.Child(history.NS, "result")
+	return ok
 }

@@ -23,11 +23,12 @@ type callbacks struct {
 	waiting bool          // it waits for more, on wake
 	done    chan struct{} // closed once drained after finish; nil before
 	wake    chan struct{} // has room for one: work or finish for a waiting goroutine
+	linger  time.Duration // how long the goroutine waits for more work before it ends; set before use
 }
 
-// callbackLinger is how long the callback goroutine waits for more work
-// before it ends (0: not at all).
-var callbackLinger = time.Millisecond
+// callbackLinger is how long a stream's callback goroutine waits for more
+// work before it ends.
+const callbackLinger = time.Millisecond
 
 // job is one unit of user code to run: at most one of tok, el, ev and fn
 // is set.
@@ -74,14 +75,14 @@ func (q *callbacks) drain(s *Stream) {
 	for {
 		q.mu.Lock()
 		if len(q.jobs) == 0 {
-			if q.done == nil && callbackLinger > 0 {
+			if q.done == nil && q.linger > 0 {
 				// Wait a little for more.
 				q.waiting = true
 				q.mu.Unlock()
 				if timer == nil {
-					timer = time.NewTimer(callbackLinger)
+					timer = time.NewTimer(q.linger)
 				} else {
-					timer.Reset(callbackLinger)
+					timer.Reset(q.linger)
 				}
 				select {
 				case <-q.wake:

@@ -393,6 +393,14 @@ type Stats struct {
 	// every sample.
 	AckRTTSamples        uint64
 	AckRTTP50, AckRTTP99 time.Duration
+
+	// What crossed the wire, over every connection after negotiation:
+	// the bytes written (stanzas, stream management, keepalives), and
+	// the stream management requests (<r/>) and answers (<a/>) written
+	// and read.
+	BytesWritten                  uint64
+	RequestsSent, AnswersSent     uint64
+	RequestsReceived, AnswersRead uint64
 }
 
 // Attempt records one reconnection attempt and its outcome.

@@ -206,9 +206,11 @@ func (s *Stream) writeLoop(c *conn) {
 				buf = sm.AppendAnswer(buf, h)
 				c.answered = h
 				mustCommit = commitFirst
+				s.stats.AnswersSent++
 			}
 			if act.Request && final == nil && !closing {
 				buf = append(buf, sm.Request...)
+				s.stats.RequestsSent++
 			}
 		} else if act.Request && len(buf) == 0 {
 			// Without stream management, probe an idle link with a
@@ -239,7 +241,11 @@ func (s *Stream) writeLoop(c *conn) {
 		var werr error
 		if len(buf) > 0 {
 			c.nc.SetWriteDeadline(time.Now().Add(s.cfg.AckTimeout))
-			_, werr = c.nc.Write(buf)
+			var n int
+			n, werr = c.nc.Write(buf)
+			s.mu.Lock()
+			s.stats.BytesWritten += uint64(n)
+			s.mu.Unlock()
 		}
 		if !smOn {
 			// Nothing will ever acknowledge these: their fate is the write's.
@@ -385,6 +391,7 @@ func (s *Stream) handleSM(c *conn, el *Element) error {
 	switch el.name.Local {
 	case "r":
 		s.mu.Lock()
+		s.stats.RequestsReceived++
 		if s.smOn {
 			c.pace.ServerRequested(time.Now())
 		}
@@ -420,6 +427,7 @@ func (s *Stream) ack(c *conn, h uint32) error {
 		s.mu.Unlock()
 		return s.protocolError(c, fmt.Errorf("%w: %w", ErrProtocol, err), sm.HandledCountTooHigh(h, sent))
 	}
+	s.stats.AnswersRead++
 	rtt, sampled := c.pace.Acked(time.Now(), s.out.Len() == 0)
 	var hooks []*Hook
 	if sampled {
@@ -537,16 +545,17 @@ func (s *Stream) handle(el *Element) {
 	var w *replyWriter // for the handlers of tokens, made for the first
 	claimed := false
 	for _, h := range handlers {
-		if eh, ok := h.h.(*elementHandler); ok {
-			eh.f(el)
-			continue
-		}
-		if w == nil {
-			w = &replyWriter{s: s, id: id}
-		}
-		start, err := el.Start()
-		if err == nil {
-			err = h.h.HandleXMPP(readEncoder{el.InnerReader(), w}, &start)
+		var err error
+		if eh, ok := h.h.(ElementHandler); ok {
+			err = eh.HandleElement(el)
+		} else {
+			if w == nil {
+				w = &replyWriter{s: s, id: id}
+			}
+			var start xml.StartElement
+			if start, err = el.Start(); err == nil {
+				err = h.h.HandleXMPP(readEncoder{el.InnerReader(), w}, &start)
+			}
 		}
 		switch {
 		case errors.Is(err, ErrAnswerLater):

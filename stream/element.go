@@ -72,17 +72,43 @@ func (e *Element) Start() (xml.StartElement, error) {
 // Reader returns the whole element as tokens, start first, decoded from its
 // bytes.
 func (e *Element) Reader() xml.TokenReader {
-	return e.decoder()
+	return &oneElement{d: e.decoder()}
 }
 
 // InnerReader returns the tokens after the start element, the end element
 // last, as mellium's handlers expect them.
 func (e *Element) InnerReader() xml.TokenReader {
-	d := e.decoder()
-	if _, err := d.Token(); err != nil {
+	r := &oneElement{d: e.decoder()}
+	if _, err := r.Token(); err != nil {
 		return errReader{err}
 	}
-	return d
+	return r
+}
+
+// oneElement reads one element from d and then io.EOF, whatever follows it
+// (the end of the stream element that decoder wraps some elements in).
+type oneElement struct {
+	d     *xml.Decoder
+	depth int
+	done  bool
+}
+
+func (r *oneElement) Token() (xml.Token, error) {
+	if r.done {
+		return nil, io.EOF
+	}
+	tok, err := r.d.Token()
+	if err != nil {
+		return tok, err
+	}
+	switch tok.(type) {
+	case xml.StartElement:
+		r.depth++
+	case xml.EndElement:
+		r.depth--
+		r.done = r.depth == 0
+	}
+	return tok, nil
 }
 
 // Tokens returns the tokens after the start element, the end element last,

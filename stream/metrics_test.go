@@ -243,3 +243,38 @@ func TestMetricsConnectionCounters(t *testing.T) {
 		t.Fatalf("the hook saw %d dead links and %d refusals, Stats says %d and %d", dead, refused, st.DeadLinks, st.ResumeRefused)
 	}
 }
+
+// TestScriptedWireStats: Stats counts the bytes written after negotiation
+// and the stream management requests and answers both ways.
+func TestScriptedWireStats(t *testing.T) {
+	h := start(t, nil)
+	before := h.s.Stats()
+	toks := h.send("m1", "m2")
+	h.c.Stanzas(t, 2)
+	h.c.Write(t, ackH(2))
+	waitState(t, stream.TokenAcked, toks...)
+	h.c.Write(t, "<r xmlns='urn:xmpp:sm:3'/>")
+	for h.c.Next(t).Start.Name.Local != "a" {
+	}
+	st := h.s.Stats()
+	if got := st.RequestsReceived - before.RequestsReceived; got != 1 {
+		t.Errorf("RequestsReceived went up by %d, want 1", got)
+	}
+	if st.AnswersSent == before.AnswersSent {
+		t.Error("AnswersSent did not count the answer to <r/>")
+	}
+	if got := st.AnswersRead - before.AnswersRead; got != 1 {
+		t.Errorf("AnswersRead went up by %d, want 1", got)
+	}
+	// Each stanza is at least "<message id='mN'/>"-sized, and the answer
+	// is at least <a xmlns='urn:xmpp:sm:3' h='0'/>; the writer counts
+	// them once its write has returned.
+	least := uint64(2*len("<message id='m1'/>") + len("<a xmlns='urn:xmpp:sm:3' h='0'/>"))
+	deadline := time.Now().Add(waitFor)
+	for h.s.Stats().BytesWritten-before.BytesWritten < least && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if got := h.s.Stats().BytesWritten - before.BytesWritten; got < least {
+		t.Errorf("BytesWritten went up by %d, want at least %d", got, least)
+	}
+}

@@ -127,17 +127,16 @@ func (f *pacedFeed) Read(b []byte) (int, error) {
 // reports the process's CPU time per stanza (cpu-ns/op), which is what
 // hand-offs to the callback goroutine cost.
 func BenchmarkReadRoomPaced(b *testing.B) {
-	defer func(d time.Duration) { callbackLinger = d }(callbackLinger)
 	for _, linger := range []time.Duration{0, 200 * time.Microsecond, time.Millisecond, 2 * time.Millisecond} {
 		b.Run("linger="+linger.String(), func(b *testing.B) {
-			callbackLinger = linger
-			benchmarkReadRoomPaced(b)
+			benchmarkReadRoomPaced(b, linger)
 		})
 	}
 }
 
-func benchmarkReadRoomPaced(b *testing.B) {
+func benchmarkReadRoomPaced(b *testing.B, linger time.Duration) {
 	s, c, _ := fuzzStream()
+	s.cb.linger = linger
 	var got atomic.Int64
 	s.HandleElement(func(el *Element) {
 		if _, ok := el.Child(el.Name().Space, "body"); ok {

@@ -120,6 +120,7 @@ func New(cfg Config) (*Stream, error) {
 		ended:   make(chan struct{}),
 		done:    make(chan struct{}),
 	}
+	s.cb.linger = callbackLinger
 	s.base, s.cancel = context.WithCancel(context.Background())
 	if cfg.Outbox != nil {
 		s.box.store = cfg.Outbox
@@ -199,7 +200,8 @@ func (s *Stream) Addr() jid.JID {
 // (a XEP-0199 ping with a result, anything else with service-unavailable), so
 // that every stanza in and out is counted. A handler that will answer later,
 // from another goroutine, returns ErrAnswerLater and sends the reply with
-// Send.
+// Send. A handler that is also an ElementHandler gets the stanza as an
+// Element instead.
 //
 // The returned function removes h; it may be called more than once.
 func (s *Stream) Handle(h xmpp.Handler) (remove func()) {
@@ -226,9 +228,24 @@ func (s *Stream) HandleElement(f func(*Element)) (remove func()) {
 	return s.Handle(&elementHandler{f: f})
 }
 
-// elementHandler adapts a func(*Element) to the handler list; dispatch calls
-// f directly instead of going through HandleXMPP.
+// An ElementHandler is a handler (see Handle) that the stream hands each
+// inbound stanza as the Element it read, instead of as tokens through
+// HandleXMPP: nothing is decoded that the handler does not ask for. As with
+// HandleXMPP, returning ErrAnswerLater claims an IQ get or set; other errors
+// are logged.
+type ElementHandler interface {
+	xmpp.Handler
+	HandleElement(*Element) error
+}
+
+// elementHandler adapts a func(*Element) to the handler list.
 type elementHandler struct{ f func(*Element) }
+
+// HandleElement calls f.
+func (h *elementHandler) HandleElement(el *Element) error {
+	h.f(el)
+	return nil
+}
 
 // HandleXMPP serves f outside the stream (a mux, a test): the element is
 // written out and read back.

@@ -107,6 +107,21 @@ type Row struct {
 	RunCPUMicros    float64 `json:"run_cpu_us_per_msg"`
 	MaxRSSMiB       float64 `json:"max_rss_mib"`
 	ServerCPU       float64 `json:"server_cpu_us_per_msg"`
+	// Wire is what the client put on the wire per message, and the stream
+	// management it exchanged (medians); nil for a client that does not
+	// count it.
+	Wire *Wire `json:"wire,omitempty"`
+}
+
+// Wire is what a client put on the wire after login, per message: the
+// bytes it wrote, the stream management requests (<r/>) and answers (<a/>)
+// it wrote, and those it read.
+type Wire struct {
+	Bytes            float64 `json:"bytes_written"`
+	RequestsSent     float64 `json:"requests_sent"`
+	AnswersSent      float64 `json:"answers_sent"`
+	RequestsReceived float64 `json:"requests_received"`
+	AnswersRead      float64 `json:"answers_read"`
 }
 
 // Ratio compares xmpptrack with raw in one configuration, and with the
@@ -416,9 +431,16 @@ func measure(bin string, args []string, client string, window, rep, n int) (Samp
 // against server.
 func median(samples []Sample, server, client string, window int) Row {
 	var rate, p50, p99, cpu, runCPU, rss, serverCPU []float64
+	var wire [5][]float64
 	for _, s := range samples {
 		if s.Server != server || s.Client != client || s.Window != window {
 			continue
+		}
+		if st := s.Report.Stream; st != nil && st.BytesWritten > 0 {
+			n := float64(max(s.Report.Sent, 1))
+			for i, v := range []uint64{st.BytesWritten, st.RequestsSent, st.AnswersSent, st.RequestsReceived, st.AnswersRead} {
+				wire[i] = append(wire[i], float64(v)/n)
+			}
 		}
 		rate = append(rate, s.Report.MsgsPerS)
 		p50 = append(p50, s.Report.P50Ms)
@@ -428,12 +450,16 @@ func median(samples []Sample, server, client string, window int) Row {
 		rss = append(rss, float64(s.MaxRSSKiB)/1024)
 		serverCPU = append(serverCPU, s.ServerCPUMicrosPerMsg)
 	}
-	return Row{
+	row := Row{
 		Server: server, Client: client, Window: window, Samples: len(rate),
 		MsgsPerS: mid(rate), P50Ms: mid(p50), P99Ms: mid(p99),
 		CPUMicrosPerMsg: mid(cpu), RunCPUMicros: mid(runCPU), MaxRSSMiB: report.Round(mid(rss), 1),
 		ServerCPU: mid(serverCPU),
 	}
+	if len(wire[0]) > 0 {
+		row.Wire = &Wire{Bytes: report.Round(mid(wire[0]), 0), RequestsSent: mid(wire[1]), AnswersSent: mid(wire[2]), RequestsReceived: mid(wire[3]), AnswersRead: mid(wire[4])}
+	}
+	return row
 }
 
 // mid is the median of v, to 3 decimals.
@@ -458,6 +484,15 @@ func table(r Results) string {
 	for _, row := range r.Rows {
 		fmt.Fprintf(&b, "| %s | %s | %s | %d | %.0f | %.2f | %.2f | %.1f | %.1f | %.1f | %.0f |\n",
 			row.Server, row.Client, windowName(row.Window), row.Samples, row.MsgsPerS, row.P50Ms, row.P99Ms, row.CPUMicrosPerMsg, row.RunCPUMicros, row.MaxRSSMiB, row.ServerCPU)
+	}
+	b.WriteString("\nWhat each client makes the server do, per message: the bytes it writes, and the stream management it exchanges.\n\n")
+	b.WriteString("| server | client | window | bytes written | <r/> sent | <a/> sent | <r/> received | <a/> received | server CPU µs |\n")
+	b.WriteString("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	for _, row := range r.Rows {
+		if w := row.Wire; w != nil {
+			fmt.Fprintf(&b, "| %s | %s | %s | %.0f | %.3f | %.3f | %.3f | %.3f | %.0f |\n",
+				row.Server, row.Client, windowName(row.Window), w.Bytes, w.RequestsSent, w.AnswersSent, w.RequestsReceived, w.AnswersRead, row.ServerCPU)
+		}
 	}
 	b.WriteString("\n| xmpptrack / raw | throughput | target | p50 | p99 | CPU | target | peak RSS | throughput vs Python raw | CPU vs Python raw (process) | CPU vs Python raw (run) | target |\n")
 	b.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")

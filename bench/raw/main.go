@@ -185,6 +185,10 @@ type client struct {
 	elStart  int
 	h        uint32 // stanzas received, for <a h/>
 
+	// What crossed the wire after login, as stream.Stats counts it;
+	// guarded by wmu.
+	wire report.Stream
+
 	occupant []byte // from='room@service/nick'
 	prefix   string // id prefix of our messages
 }
@@ -203,7 +207,8 @@ func newClient(conn net.Conn, o options) *client {
 func (c *client) write(b []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	_, err := c.conn.Write(b)
+	n, err := c.conn.Write(b)
+	c.wire.BytesWritten += uint64(n)
 	return err
 }
 
@@ -346,6 +351,10 @@ func (c *client) send(out io.Writer) error {
 		}
 	}
 	sum := report.Summarize(n, states, latencies, last.Sub(start), report.CPUTime()-cpu0)
+	c.wmu.Lock()
+	wire := c.wire
+	c.wmu.Unlock()
+	sum.Stream = &wire
 	if err := report.WriteSummary(out, sum); err != nil {
 		return err
 	}
@@ -509,7 +518,15 @@ func (c *client) element(el []byte, f func([]byte, string) error) error {
 	case "message", "presence", "iq":
 		c.h++
 	case "r":
+		c.wmu.Lock()
+		c.wire.RequestsReceived++
+		c.wire.AnswersSent++
+		c.wmu.Unlock()
 		return c.write([]byte("<a xmlns='urn:xmpp:sm:3' h='" + strconv.FormatUint(uint64(c.h), 10) + "'/>"))
+	case "a":
+		c.wmu.Lock()
+		c.wire.AnswersRead++
+		c.wmu.Unlock()
 	}
 	return f(el, name)
 }

@@ -216,7 +216,7 @@ func (j *job) connect(ctx context.Context, s *stream.Stream, a run.Account, reco
 // the stream has one, the restored one when resuming (before Connect, so
 // that a refused resumption is reconciled), else the one bound by Connect.
 func newReconciler(s *stream.Stream, occupant func(room jid.JID) (jid.JID, bool)) (*reconcile.Reconciler, error) {
-	b, err := bridge.New(s)
+	b, err := bridge.New(s, bridge.Only(reconcile.Results))
 	if err != nil {
 		return nil, err
 	}

@@ -57,6 +57,13 @@ type Stream struct {
 	AckRTTP99Ms     float64 `json:"ack_rtt_p99_ms"`
 	AckRTTSamples   uint64  `json:"ack_rtt_samples"`
 	OutboxCommits   uint64  `json:"outbox_commits,omitempty"`
+	// What crossed the wire after negotiation: bytes written, and stream
+	// management requests and answers written and read.
+	BytesWritten     uint64 `json:"bytes_written"`
+	RequestsSent     uint64 `json:"requests_sent"`
+	AnswersSent      uint64 `json:"answers_sent"`
+	RequestsReceived uint64 `json:"requests_received"`
+	AnswersRead      uint64 `json:"answers_read"`
 }
 
 // Line is any line of the output: an outcome or, when Summary is set, the

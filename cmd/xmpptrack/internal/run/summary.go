@@ -46,6 +46,12 @@ func streamReport(st stream.Stats) *report.Stream {
 		AckRTTP99Ms:     ms(st.AckRTTP99),
 		AckRTTSamples:   st.AckRTTSamples,
 		OutboxCommits:   st.OutboxCommits,
+
+		BytesWritten:     st.BytesWritten,
+		RequestsSent:     st.RequestsSent,
+		AnswersSent:      st.AnswersSent,
+		RequestsReceived: st.RequestsReceived,
+		AnswersRead:      st.AnswersRead,
 	}
 }
 
