@@ -41,39 +41,11 @@ func TestInFlight(t *testing.T) {
 }
 
 func measureInFlight(tb testing.TB, n int) float64 {
-	srv, err := sink.Listen()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer srv.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	s, err := stream.Dial(ctx, stream.Config{
-		JID:            jid.MustParse("bench@sink.localhost"),
-		Password:       "any",
-		Dial:           srv.Dial,
-		AllowPlaintext: true,
-		Mechanisms:     []sasl.Mechanism{sasl.Plain},
-		MaxUnacked:     2 * n,
-		QueueSize:      2 * n,
-		AckTimeout:     time.Hour,
-		KeepAlive:      time.Hour,
-	})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer func() {
-		closeCtx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-		defer cancel()
-		s.Close(closeCtx)
-	}()
-	c := muc.NewClient(s, muc.WithTimeout(time.Hour))
-	defer c.Close()
-	room, err := c.Join(ctx, jid.MustParse("bench@conference.sink.localhost"), "bench")
-	if err != nil {
-		tb.Fatal(err)
-	}
+	s, room := sinkRoom(ctx, tb, 2*n, 2*n)
 
+	var err error
 	trackers := make([]*tracking.MessageTracker, n)
 	before := liveHeap()
 	for i := range trackers {
@@ -123,38 +95,9 @@ func liveHeap() int64 {
 // client: profile with -memprofile and ignore the sink's stacks for the
 // client's alone.
 func BenchmarkSendTracked(b *testing.B) {
-	srv, err := sink.Listen()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer srv.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	s, err := stream.Dial(ctx, stream.Config{
-		JID:            jid.MustParse("bench@sink.localhost"),
-		Password:       "any",
-		Dial:           srv.Dial,
-		AllowPlaintext: true,
-		Mechanisms:     []sasl.Mechanism{sasl.Plain},
-		MaxUnacked:     1 << 30,
-		QueueSize:      1 << 16,
-		AckTimeout:     time.Hour,
-		KeepAlive:      time.Hour,
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		closeCtx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-		defer cancel()
-		s.Close(closeCtx)
-	}()
-	c := muc.NewClient(s, muc.WithTimeout(time.Hour))
-	defer c.Close()
-	room, err := c.Join(ctx, jid.MustParse("bench@conference.sink.localhost"), "bench")
-	if err != nil {
-		b.Fatal(err)
-	}
+	s, room := sinkRoom(ctx, b, 1<<30, 1<<16)
 	const body = "a message of about the length of a chat line"
 	// Tracking ends, as it would at the room's reflection, in batches
 	// once the stream has written them, so that the measurement does not
@@ -181,4 +124,42 @@ func BenchmarkSendTracked(b *testing.B) {
 		}
 	}
 	end()
+}
+
+// sinkRoom joins a room of a sink server (which never acknowledges nor
+// reflects) with a stream that holds maxUnacked stanzas unacknowledged and
+// queues queueSize; all of it ends with tb.
+func sinkRoom(ctx context.Context, tb testing.TB, maxUnacked, queueSize int) (*stream.Stream, *muc.Room) {
+	tb.Helper()
+	srv, err := sink.Listen()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { srv.Close() })
+	s, err := stream.Dial(ctx, stream.Config{
+		JID:            jid.MustParse("bench@sink.localhost"),
+		Password:       "any",
+		Dial:           srv.Dial,
+		AllowPlaintext: true,
+		Mechanisms:     []sasl.Mechanism{sasl.Plain},
+		MaxUnacked:     maxUnacked,
+		QueueSize:      queueSize,
+		AckTimeout:     time.Hour,
+		KeepAlive:      time.Hour,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c := muc.NewClient(s, muc.WithTimeout(time.Hour))
+	tb.Cleanup(func() {
+		c.Close()
+		closeCtx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		s.Close(closeCtx)
+	})
+	room, err := c.Join(ctx, jid.MustParse("bench@conference.sink.localhost"), "bench")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s, room
 }
