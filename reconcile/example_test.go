@@ -31,7 +31,7 @@ func Example() {
 		return
 	}
 	defer s.Close(ctx)
-	b, err := bridge.New(s)
+	b, err := bridge.New(s, bridge.Only(reconcile.Results)) // archive results only
 	if err != nil {
 		fmt.Println(err)
 		return
