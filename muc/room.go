@@ -779,12 +779,17 @@ func (r *Room) send(ctx context.Context, text string, payload []byte, opts []Sen
 	for _, o := range opts {
 		o(&cfg)
 	}
-	id, originID := xstanza.NewID(), xstanza.NewID()
+	var id, originID string
 	if cfg.id != "" || cfg.originID != "" {
 		if cfg.id == "" || cfg.originID == "" || !xstanza.ValidText(cfg.id) || !xstanza.ValidText(cfg.originID) {
 			return nil, fmt.Errorf("muc: send to %s: WithIDs(%q, %q): %w", r.key, cfg.id, cfg.originID, ErrBadIDs)
 		}
 		id, originID = cfg.id, cfg.originID
+	} else {
+		// One random value serves as both: XEP-0359 asks only that the
+		// origin-id be unique, and a room that keeps either matches.
+		id = xstanza.NewID()
+		originID = id
 	}
 	// Text grows by an escape at most 6 times; most has none.
 	b := make([]byte, 0, 128+len(r.key)+len(id)+len(originID)+len(payload)+len(text)+len(text)/8)
