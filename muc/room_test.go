@@ -176,6 +176,16 @@ func TestReflectionKeepsStanzaID(t *testing.T) {
 		t.Fatalf("wrong stanza-id: want=%q by %q, got=%+v", "st-"+m.id, testRoom, resp)
 	}
 
+	// The room spelt otherwise is still the room.
+	tr, m = h.send(t, r, "by the room, spelt otherwise")
+	h.write(t, "<message from='%s' to='%s' id='%s' type='groupchat'><body>x</body>"+
+		"<stanza-id xmlns='urn:xmpp:sid:0' by='room@MUC.Example.Test' id='st-upper'/>"+
+		"<origin-id xmlns='urn:xmpp:sid:0' id='%s'/></message>", testSelf, h.conn.JID, m.id, m.originID)
+	h.sync(t)
+	if resp := tr.Response(); resp == nil || resp.StanzaID != "st-upper" || resp.StanzaIDBy.String() != testRoom {
+		t.Fatalf("wrong stanza-id: want=%q by %q, got=%+v", "st-upper", testRoom, resp)
+	}
+
 	tr, m = h.send(t, r, "by someone else")
 	h.write(t, "<message from='%s' to='%s' id='%s' type='groupchat'><body>x</body>"+
 		"<stanza-id xmlns='urn:xmpp:sid:0' by='alice@example.test' id='not-the-room'/>"+
