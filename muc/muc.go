@@ -23,8 +23,8 @@
 //
 // # Matching
 //
-// Every message carries a random id and a XEP-0359 <origin-id/> known before
-// it is sent. A reflection must be of type groupchat and come from our
+// Every message carries a random id, and the same value in a XEP-0359
+// <origin-id/>, known before it is sent (WithIDs sets them apart). A reflection must be of type groupchat and come from our
 // occupant JID, compared as XMPP compares JIDs (the room's localpart and
 // domain normalized, the nick exactly); when the room gave us a XEP-0421
 // occupant id, the reflection must carry it too. It is matched by its

@@ -131,6 +131,36 @@ func TestReflection(t *testing.T) {
 	}
 }
 
+// TestOriginIDIsID checks that a message carries its id as its origin-id
+// too, unless WithIDs sets them apart, and that a message whose ids differ
+// is matched by either.
+func TestOriginIDIsID(t *testing.T) {
+	h := newHarness(t, harnessConfig{})
+	r := h.join(t)
+	tr, m := h.send(t, r, "one id")
+	if m.originID != m.id {
+		t.Fatalf("origin-id %q, want the id %q", m.originID, m.id)
+	}
+	h.reflect(t, m)
+	h.sync(t)
+	checkState(t, tr, tracking.DeliveredToRecipient)
+
+	for i, answer := range []func(m sent) string{
+		func(m sent) string { return h.groupchat(testSelf, "room-made-id", m.originID, m.body) },
+		func(m sent) string { return h.groupchat(testSelf, m.id, "", m.body) },
+	} {
+		id, origin := fmt.Sprintf("apart-%d", i), fmt.Sprintf("apart-origin-%d", i)
+		tr, m := h.send(t, r, "two ids", muc.WithIDs(id, origin))
+		if m.id != id || m.originID != origin {
+			t.Fatalf("sent id %q and origin-id %q, want %q and %q", m.id, m.originID, id, origin)
+		}
+		h.write(t, "%s", answer(m))
+		h.sync(t)
+		checkState(t, tr, tracking.DeliveredToRecipient)
+	}
+	checkEmpty(t, r)
+}
+
 // TestReflectionKeepsStanzaID checks that the room's stanza-id (which chat
 // markers refer to) is kept from the reflection, and only when the room
 // itself assigned it.
@@ -144,6 +174,16 @@ func TestReflectionKeepsStanzaID(t *testing.T) {
 	resp := tr.Response()
 	if resp == nil || resp.StanzaID != "st-"+m.id || resp.StanzaIDBy.String() != testRoom {
 		t.Fatalf("wrong stanza-id: want=%q by %q, got=%+v", "st-"+m.id, testRoom, resp)
+	}
+
+	// The room spelt otherwise is still the room.
+	tr, m = h.send(t, r, "by the room, spelt otherwise")
+	h.write(t, "<message from='%s' to='%s' id='%s' type='groupchat'><body>x</body>"+
+		"<stanza-id xmlns='urn:xmpp:sid:0' by='room@MUC.Example.Test' id='st-upper'/>"+
+		"<origin-id xmlns='urn:xmpp:sid:0' id='%s'/></message>", testSelf, h.conn.JID, m.id, m.originID)
+	h.sync(t)
+	if resp := tr.Response(); resp == nil || resp.StanzaID != "st-upper" || resp.StanzaIDBy.String() != testRoom {
+		t.Fatalf("wrong stanza-id: want=%q by %q, got=%+v", "st-upper", testRoom, resp)
 	}
 
 	tr, m = h.send(t, r, "by someone else")
@@ -247,6 +287,8 @@ var errorTests = [...]struct {
 	from      string
 	id        func(m sent) string
 	condition string
+	// opts are the options of the send.
+	opts []muc.SendOption
 	// want is the condition the tracker must end with, or "" when the
 	// error must not be taken for the message's.
 	want stanza.Condition
@@ -288,6 +330,8 @@ var errorTests = [...]struct {
 		from:      testRoom,
 		id:        func(m sent) string { return m.originID },
 		condition: "not-acceptable",
+		// Apart: by default the origin-id is the id.
+		opts: []muc.SendOption{muc.WithIDs("error-5-id", "error-5-origin")},
 	},
 	6: {
 		name:      "from the service",
@@ -323,7 +367,7 @@ func TestErrorReply(t *testing.T) {
 	r := h.join(t)
 	for i, tc := range errorTests {
 		t.Run(fmt.Sprintf("%d/%s", i, tc.name), func(t *testing.T) {
-			tr, m := h.send(t, r, fmt.Sprintf("message %d", i))
+			tr, m := h.send(t, r, fmt.Sprintf("message %d", i), tc.opts...)
 			h.write(t, "%s", errorMessage(tc.from, h.conn.JID.String(), tc.id(m), tc.condition, "text "+tc.name))
 			h.sync(t)
 			if tc.want == "" {

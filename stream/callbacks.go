@@ -30,14 +30,15 @@ type callbacks struct {
 // work before it ends.
 const callbackLinger = time.Millisecond
 
-// job is one unit of user code to run: at most one of tok, el, ev and fn
-// is set.
+// job is one unit of user code to run: at most one of tok, toks, el, ev
+// and fn is set.
 type job struct {
-	tok *StanzaToken  // deliver the token's queued changes to its observers
-	el  *Element      // run the handlers on an inbound stanza
-	ev  *Event        // tell the event listeners
-	fn  func()        // run a hook (see Stream.AddHook)
-	ran chan struct{} // if not nil, closed once the job has run
+	tok  *StanzaToken  // deliver the token's queued changes to its observers
+	toks *tokenBatch   // the same for several tokens, one after another
+	el   *Element      // run the handlers on an inbound stanza
+	ev   *Event        // tell the event listeners
+	fn   func()        // run a hook (see Stream.AddHook)
+	ran  chan struct{} // if not nil, closed once the job has run
 
 	// With an outbox, the job of an inbound stanza (or a mark for one that
 	// went to a SendIQ waiter) carries the inbound count up to it: once it
@@ -116,6 +117,9 @@ func (q *callbacks) drain(s *Stream) {
 			if batch[i].ran != nil {
 				close(batch[i].ran)
 			}
+			if b := batch[i].toks; b != nil {
+				b.release()
+			}
 			batch[i] = job{}
 		}
 	}
@@ -136,4 +140,63 @@ func (q *callbacks) finish(done chan struct{}) {
 		q.waiting = false
 		q.wake <- struct{}{}
 	}
+}
+
+// tokenBatch holds the tokens that one change of the stream moved (those
+// an <a/> acknowledged, or those the writer took from the queue) whose
+// observers must be told, in the order they moved: one job tells them all,
+// instead of one job each.
+type tokenBatch struct {
+	toks []*StanzaToken
+}
+
+var tokenBatches = sync.Pool{New: func() any { return new(tokenBatch) }}
+
+// release clears b and keeps it for reuse.
+func (b *tokenBatch) release() {
+	clear(b.toks)
+	b.toks = b.toks[:0]
+	tokenBatches.Put(b)
+}
+
+// tokenMoves gathers the tokens moved by one of the stream's goroutines
+// whose observers must be told, and has the callback goroutine tell them,
+// token after token in the order they moved, in one job. The zero value is
+// ready to use.
+type tokenMoves struct {
+	one   *StanzaToken // the first token; most changes move one
+	batch *tokenBatch  // all of them, from the second on
+}
+
+// move is Stream.move for a token of the gathering.
+func (m *tokenMoves) move(t *StanzaToken, from, to TokenState, err error) bool {
+	moved, deliver := t.change(from, to, err)
+	if deliver {
+		m.add(t)
+	}
+	return moved
+}
+
+func (m *tokenMoves) add(t *StanzaToken) {
+	switch {
+	case m.one == nil:
+		m.one = t
+	case m.batch == nil:
+		m.batch = tokenBatches.Get().(*tokenBatch)
+		m.batch.toks = append(m.batch.toks, m.one, t)
+	default:
+		m.batch.toks = append(m.batch.toks, t)
+	}
+}
+
+// push queues the job that tells the observers of the gathered tokens, if
+// any, and empties m.
+func (m *tokenMoves) push(s *Stream) {
+	switch {
+	case m.batch != nil:
+		s.cb.push(job{toks: m.batch}, s)
+	case m.one != nil:
+		s.cb.push(job{tok: m.one}, s)
+	}
+	*m = tokenMoves{}
 }

@@ -193,3 +193,71 @@ func observe(h *harness, state stream.TokenState, call func(*stream.StanzaToken)
 		}
 	})
 }
+
+// TestScriptedAckBatchOrder checks the order in which the observers of the
+// tokens one <a/> acknowledges run: each token's SENT before its ACKED, the
+// tokens in the order they were sent, all of them before the handler of a
+// stanza the server sent after the <a/>, and those of a later <a/> after
+// that handler.
+func TestScriptedAckBatchOrder(t *testing.T) {
+	h := start(t, nil)
+	var (
+		mu  sync.Mutex
+		got []string
+	)
+	record := func(s string) {
+		mu.Lock()
+		got = append(got, s)
+		mu.Unlock()
+	}
+	seen := make(chan struct{})
+	h.s.HandleElement(func(el *stream.Element) {
+		if el.Attr("id") == "in1" {
+			record("handler in1")
+			close(seen)
+		}
+	})
+	toks := h.send(ids("m", 1, 6)...)
+	for _, tok := range toks {
+		tok.Observe(func(c stream.TokenChange) {
+			if c.State != stream.TokenQueued {
+				record(tok.ID() + " " + c.State.String())
+			}
+		})
+	}
+	h.c.Stanzas(t, 6)
+	h.c.Write(t, ackH(4)+serverMessage("in1")+ackH(6))
+	waitState(t, stream.TokenAcked, toks...)
+	select {
+	case <-seen:
+	case <-time.After(waitFor):
+		t.Fatal("the handler did not run")
+	}
+	for _, tok := range toks {
+		<-tok.Done()
+	}
+
+	mu.Lock()
+	defer mu.Unlock()
+	// The observers may have joined before or after the writer took a
+	// token: SENT is reported either way, before ACKED.
+	pos := map[string]int{}
+	for i, s := range got {
+		pos[s] = i
+	}
+	if len(pos) != len(got) || len(got) != 13 {
+		t.Fatalf("notifications %v, want SENT and ACKED once for each of 6 tokens and the handler once", got)
+	}
+	for i, tok := range toks {
+		id := tok.ID()
+		if pos[id+" SENT"] > pos[id+" ACKED"] {
+			t.Errorf("%s: ACKED before SENT in %v", id, got)
+		}
+		if i > 0 && pos[toks[i-1].ID()+" ACKED"] > pos[id+" ACKED"] {
+			t.Errorf("%s acknowledged before %s in %v", id, toks[i-1].ID(), got)
+		}
+		if before := i < 4; before != (pos[id+" ACKED"] < pos["handler in1"]) {
+			t.Errorf("%s: ACKED on the wrong side of the handler in %v", id, got)
+		}
+	}
+}

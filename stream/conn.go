@@ -163,15 +163,17 @@ func (s *Stream) writeLoop(c *conn) {
 		// skipped.
 		popped := len(batch)
 		n := 0
+		var moves tokenMoves
 		for _, e := range batch {
 			e.tok.mu.Lock()
 			e.tok.session = session
 			e.tok.mu.Unlock()
-			if s.move(e.tok, TokenQueued, TokenSent, nil) {
+			if moves.move(e.tok, TokenQueued, TokenSent, nil) {
 				batch[n] = e
 				n++
 			}
 		}
+		moves.push(s)
 		clear(batch[n:])
 		batch = batch[:n]
 
@@ -251,11 +253,12 @@ func (s *Stream) writeLoop(c *conn) {
 			// Nothing will ever acknowledge these: their fate is the write's.
 			for _, e := range batch {
 				if werr == nil {
-					s.move(e.tok, TokenSent, TokenSentWithoutSM, nil)
+					moves.move(e.tok, TokenSent, TokenSentWithoutSM, nil)
 				} else {
-					s.move(e.tok, TokenSent, TokenDisconnected, fmt.Errorf("stream: %q: %w: write: %w", e.tok.id, ErrConnectionLost, werr))
+					moves.move(e.tok, TokenSent, TokenDisconnected, fmt.Errorf("stream: %q: %w: write: %w", e.tok.id, ErrConnectionLost, werr))
 				}
 			}
+			moves.push(s)
 		}
 		clear(batch)
 		if werr != nil {
@@ -445,10 +448,12 @@ func (s *Stream) ack(c *conn, h uint32) error {
 			}
 		}}, s)
 	}
+	var moves tokenMoves
 	for i, e := range acked {
-		s.move(e.tok, TokenSent, TokenAcked, nil)
+		moves.move(e.tok, TokenSent, TokenAcked, nil)
 		acked[i] = nil
 	}
+	moves.push(s)
 	s.mu.Lock()
 	s.ackScratch = acked[:0]
 	s.mu.Unlock()
@@ -522,6 +527,10 @@ func (s *Stream) runJob(j *job) {
 	switch {
 	case j.tok != nil:
 		j.tok.deliver()
+	case j.toks != nil:
+		for _, t := range j.toks.toks {
+			t.deliver()
+		}
 	case j.el != nil:
 		s.handle(j.el)
 	case j.ev != nil:
@@ -617,12 +626,14 @@ func (s *Stream) finish(err error) {
 	addr := s.addr
 	s.mu.Unlock()
 	s.cancel()
+	var moves tokenMoves
 	for _, e := range queued {
-		s.move(e.tok, TokenQueued, TokenFailed, fmt.Errorf("stream: %q not written: %w", e.tok.id, err))
+		moves.move(e.tok, TokenQueued, TokenFailed, fmt.Errorf("stream: %q not written: %w", e.tok.id, err))
 	}
 	for _, e := range sent {
-		s.move(e.tok, TokenSent, TokenDisconnected, fmt.Errorf("stream: %q not acknowledged: %w", e.tok.id, err))
+		moves.move(e.tok, TokenSent, TokenDisconnected, fmt.Errorf("stream: %q not acknowledged: %w", e.tok.id, err))
 	}
+	moves.push(s)
 	s.emit(Event{Kind: EventClosed, Err: err, Addr: addr, Lost: len(sent)})
 }
 

@@ -865,12 +865,14 @@ func (s *Stream) startSession(n *negotiated, notResumed error) (Event, func()) {
 	s.addr = n.sess.LocalAddr()
 	ev.Addr = s.addr
 	return ev, func() {
+		var moves tokenMoves
 		for _, e := range acked {
-			s.move(e.tok, TokenSent, TokenAcked, nil)
+			moves.move(e.tok, TokenSent, TokenAcked, nil)
 		}
 		for _, e := range lost {
-			s.move(e.tok, TokenSent, TokenDisconnected, fmt.Errorf("stream: %q not acknowledged: %w", e.tok.id, cause))
+			moves.move(e.tok, TokenSent, TokenDisconnected, fmt.Errorf("stream: %q not acknowledged: %w", e.tok.id, cause))
 		}
+		moves.push(s)
 	}
 }
 
